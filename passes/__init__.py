@@ -1,0 +1,9 @@
+"""tropfx's graph passes, one public pass per module, each configured by calling its factory.
+
+>>> from tropfx import passes as tp
+>>> cm = tropfx.compile(model, passes=[tp.fuse_batchnorm()], example_inputs=(x,))
+"""
+
+from tropfx.passes.fuse_batchnorm import FuseBatchNorm, fuse_batchnorm
+
+__all__ = ["FuseBatchNorm", "fuse_batchnorm"]

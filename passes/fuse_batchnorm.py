@@ -1,0 +1,177 @@
+"""fuse_batchnorm: fold eval-mode BatchNorm into the preceding conv / linear layer."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import fx, nn
+
+from tropfx.folding import batchnorm_affine, fold_affine
+from tropfx.ops import OpMatch, constant_value, match_op
+from tropfx.pass_base import GraphPass, PassResult, PassStats
+
+__all__ = ["FOLDABLE", "Foldable", "FuseBatchNorm", "fuse_batchnorm"]
+
+
+@dataclass(frozen=True)
+class Foldable:
+    """How a layer type takes a per-output-channel affine map into its weights.
+
+    ``rank`` is the output rank at which BatchNorm's channel dimension (dim 1) is the layer's
+    output-channel dimension; ``transposed`` marks the ``(in, out / groups, *k)`` weight layout.
+    """
+
+    rank: int
+    transposed: bool = False
+
+
+# Users register their own conv-like layers here (they need .weight, .bias and .groups if grouped).
+FOLDABLE: dict[type[nn.Module], Foldable] = {
+    nn.Linear: Foldable(rank=2),
+    nn.Conv1d: Foldable(rank=3),
+    nn.Conv2d: Foldable(rank=4),
+    nn.Conv3d: Foldable(rank=5),
+    nn.ConvTranspose1d: Foldable(rank=3, transposed=True),
+    nn.ConvTranspose2d: Foldable(rank=4, transposed=True),
+    nn.ConvTranspose3d: Foldable(rank=5, transposed=True),
+}
+_BN_RANK = {nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}  # module BNs that reject any other rank
+
+
+def _foldable(module: nn.Module) -> Foldable | None:
+    return next((FOLDABLE[c] for c in type(module).__mro__ if c in FOLDABLE), None)
+
+
+def _rank(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    return len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+@dataclass(frozen=True)
+class _Fold:
+    bn: fx.Node
+    producer: fx.Node
+    module: nn.Module  # the new, fused layer
+
+
+@dataclass(frozen=True)
+class FuseBatchNorm(GraphPass):
+    """Fold eval-mode BatchNorm into the conv / linear layer that feeds it. Exact.
+
+    Pattern → replacement::
+
+        layer(x) -> batch_norm(·)   ⟶   layer'(x),  W' = s·W, b' = s·b + t  (tropfx.folding)
+
+    ``layer`` is any type in :data:`FOLDABLE` (Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, any
+    groups, with or without bias); the BatchNorm is ``nn.BatchNorm1d/2d/3d`` (affine or not),
+    ``F.batch_norm`` or ``torch.batch_norm`` reading stored tensors.
+
+    Preconditions; a match that fails one is left alone and reported as skipped:
+
+    * the BatchNorm uses running statistics (eval mode, ``track_running_stats``) that are finite
+      with ``running_var + eps > 0``;
+    * the layer's output has no other user, and the layer module is called once in the graph and
+      its parameters are not read elsewhere (folding would change the other uses);
+    * BatchNorm's channel dimension is the layer's output channel: the output rank must be known
+      from example inputs for Linear and Conv1d (an unbatched input would put other features at
+      dim 1), or be enforced by a BatchNorm2d/3d module.
+
+    The folded layer is a new module (the old one may share parameters with other modules).
+    """
+
+    name: ClassVar[str] = "fuse_batchnorm"
+    exact: ClassVar[bool] = True
+
+    def run(self, gm: fx.GraphModule) -> PassResult:
+        stats = PassStats()
+        calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+        read = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
+        for node in list(gm.graph.nodes):
+            bn = match_op(node, gm)
+            if bn is None or bn.op != "batch_norm":
+                continue
+            planned = _plan(node, bn, gm, calls, read)
+            if isinstance(planned, str):
+                stats.skip(node, planned)
+                continue
+            _apply(gm, planned)
+            stats.rewritten.append(f"{node.name} -> {planned.producer.target}")
+        return PassResult(gm, bool(stats.rewritten), stats)
+
+
+def fuse_batchnorm() -> FuseBatchNorm:
+    """The ``fuse_batchnorm`` pass (see :class:`FuseBatchNorm`)."""
+    return FuseBatchNorm()
+
+
+def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
+          read: list[str]) -> _Fold | str:
+    """The fold for one BatchNorm node, or the reason it cannot be folded exactly."""
+    producer = bn["input"]
+    layer = gm.get_submodule(producer.target) if (
+        isinstance(producer, fx.Node) and producer.op == "call_module") else None
+    spec = _foldable(layer) if layer is not None else None
+    if spec is None:
+        what = producer.format_node() if isinstance(producer, fx.Node) else repr(producer)
+        return f"its input is not a foldable layer module ({what}); types: see FOLDABLE"
+    name = producer.target
+    if bn["training"]:
+        return ("uses batch statistics (training mode or track_running_stats=False); "
+                "call model.eval() before tropfx.compile")
+    try:
+        mean, var, gamma, beta = (constant_value(bn[k], gm) for k in
+                                  ("running_mean", "running_var", "weight", "bias"))
+    except LookupError as exc:
+        return f"its statistics are not stored tensors: {exc}"
+    tensors = {"running_mean": mean, "running_var": var, "weight": gamma, "bias": beta}
+    for key, t in tensors.items():
+        if t is not None and not torch.isfinite(t).all():
+            return f"{key} has NaN/inf entries (a corrupt checkpoint or diverged training)"
+    if not bool((var.double() + bn["eps"] > 0).all()):
+        return "running_var + eps is not positive everywhere"
+    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+        return f"{name} is a lazy module that was never run; run the model once first"
+    if len(producer.users) > 1:
+        others = sorted(u.name for u in producer.users if u is not node)
+        return f"the output of {name} is also used by {others}; folding would change those uses"
+    if calls[name] > 1:
+        return (f"{name} is called {calls[name]} times in the graph (a shared module); "
+                "folding into it would change the other calls")
+    readers = [t for t in read if t.startswith(f"{name}.")]
+    if readers:
+        return f"parameters of {name} are also read directly ({readers})"
+    out_channels = layer.weight.shape[1] * layer.groups if spec.transposed else layer.weight.shape[0]
+    if mean.numel() != out_channels:
+        return f"BatchNorm has {mean.numel()} channels but {name} outputs {out_channels}"
+    rank = _rank(producer) or _BN_RANK.get(type(bn.module))
+    if rank is None:
+        return (f"the output rank of {name} is unknown; pass example_inputs so that shapes are "
+                "known (BatchNorm's channel must be the layer's output feature)")
+    if rank != spec.rank:
+        return f"{name} output has rank {rank}; BatchNorm normalizes another dimension"
+    scale, shift = batchnorm_affine(mean, var, gamma, beta, bn["eps"])
+    weight, bias = fold_affine(layer.weight, layer.bias, scale, shift,
+                               transposed=spec.transposed, groups=getattr(layer, "groups", 1))
+    fused = copy.deepcopy(layer)
+    fused.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
+    fused.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
+    return _Fold(node, producer, fused)
+
+
+def _apply(gm: fx.GraphModule, fold: _Fold) -> None:
+    parent, _, leaf = fold.producer.target.rpartition(".")
+    setattr(gm.get_submodule(parent), leaf, fold.module)
+    meta = fold.producer.meta.setdefault("tropfx", {})
+    meta.setdefault("fused_batchnorm", []).append(fold.bn.name)
+    stat_nodes = [a for a in (*fold.bn.args, *fold.bn.kwargs.values()) if isinstance(a, fx.Node)]
+    fold.bn.replace_all_uses_with(fold.producer)
+    fold.producer.meta["tensor_meta"] = fold.bn.meta.get("tensor_meta",
+                                                         fold.producer.meta.get("tensor_meta"))
+    fold.bn.graph.erase_node(fold.bn)
+    for n in stat_nodes:  # the get_attr nodes of a functional BatchNorm, now unused
+        if n.op == "get_attr" and not n.users:
+            n.graph.erase_node(n)

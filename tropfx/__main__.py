@@ -1,0 +1,3 @@
+from tropfx.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The compile report: one row per stage (the traced model, then each pass)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tropfx.pass_base import Skip
+from tropfx.tracing import AutoLeaf
+
+__all__ = ["Report", "StageRow"]
+
+
+@dataclass
+class StageRow:
+    """One stage of the pipeline and what it did to the model.
+
+    ``macs`` and ``counts`` (max-plus ops, bit-ops, ...) are measured on the example inputs and are
+    ``None`` / empty without them; ``max_abs_err`` / ``max_rel_err`` compare with the previous stage
+    and are ``None`` when verification is off.
+    """
+
+    stage: str
+    exact: bool | None
+    modified: bool
+    rewritten: list[str] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    params: int = 0
+    macs: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _si(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _err(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "inf" if math.isinf(x) else f"{x:.1e}"
+
+
+def _metric(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+@dataclass
+class Report:
+    """What :func:`tropfx.compile` did; ``str()`` is an aligned table, ``to_dict()`` is for tools."""
+
+    model: str
+    rows: list[StageRow] = field(default_factory=list)
+    leaves: list[AutoLeaf] = field(default_factory=list)
+    seconds: float = 0.0
+    inputs: str = ""  # shapes of the example inputs that MACs and errors were measured on
+
+    def __getitem__(self, stage: int | str) -> StageRow:
+        if isinstance(stage, int):
+            return self.rows[stage]
+        for row in self.rows:
+            if row.stage == stage:
+                return row
+        raise KeyError(f"no stage {stage!r}; stages: {[r.stage for r in self.rows]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "seconds": self.seconds,
+            "inputs": self.inputs,
+            "rows": [asdict(r) for r in self.rows],
+            "leaves": [asdict(leaf) for leaf in self.leaves],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str, **kwargs)
+
+    def __str__(self) -> str:
+        count_keys = sorted({k for r in self.rows for k in r.counts})
+        metric_keys = list(dict.fromkeys(k for r in self.rows for k in r.metrics))
+        header = ["#", "stage", "exact", "rewritten", "skipped", "params", "MACs", *count_keys,
+                  "max abs err", "max rel err", "time", *metric_keys]
+        table = [header]
+        for i, r in enumerate(self.rows):
+            table.append([
+                str(i), r.stage, "-" if r.exact is None else ("yes" if r.exact else "no"),
+                str(len(r.rewritten)) if i else "-", str(len(r.skipped)) if i else "-",
+                f"{r.params:,}", _si(r.macs), *(_si(r.counts.get(k)) for k in count_keys),
+                _err(r.max_abs_err), _err(r.max_rel_err), f"{r.seconds * 1e3:.0f} ms",
+                *(_metric(r.metrics.get(k, "-")) for k in metric_keys),
+            ])
+        widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+        on = f", measured on {self.inputs}" if self.inputs else ""
+        lines = [f"tropfx report: {self.model} ({self.seconds:.2f} s{on})"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                  for row in table]
+        skips = [(r.stage, s) for r in self.rows for s in r.skipped]
+        if skips:
+            lines.append("skipped:")
+            lines += [f"  {stage}: {s.node}: {s.reason}" for stage, s in skips]
+        if self.leaves:
+            lines.append("kept as leaves (forward not traceable):")
+            lines += [f"  {a.path} ({a.module_type}): {a.reason}" for a in self.leaves]
+        return "\n".join(lines)
