@@ -116,8 +116,8 @@ def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
         isinstance(producer, fx.Node) and producer.op == "call_module") else None
     spec = _foldable(layer) if layer is not None else None
     if spec is None:
-        what = producer.format_node() if isinstance(producer, fx.Node) else repr(producer)
-        return f"its input is not a foldable layer module ({what}); types: see FOLDABLE"
+        return (f"its input is {_describe(producer, gm)}, not a foldable layer (Linear, ConvNd, "
+                "ConvTransposeNd; register others in tropfx.passes.fuse_batchnorm.FOLDABLE)")
     name = producer.target
     if bn["training"]:
         return ("uses batch statistics (training mode or track_running_stats=False); "
@@ -160,6 +160,17 @@ def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
     fused.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
     fused.bias = nn.Parameter(bias, requires_grad=layer.weight.requires_grad)
     return _Fold(node, producer, fused)
+
+
+def _describe(value: object, gm: fx.GraphModule) -> str:
+    if not isinstance(value, fx.Node):
+        return repr(value)
+    if value.op == "call_module":
+        return f"{value.name} ({type(gm.get_submodule(value.target)).__name__})"
+    if value.op in ("call_function", "call_method"):
+        target = getattr(value.target, "__name__", value.target)
+        return f"{value.name} ({value.op} {target})"
+    return f"{value.name} ({value.op})"
 
 
 def _apply(gm: fx.GraphModule, fold: _Fold) -> None:
