@@ -137,10 +137,11 @@ def measure(gm: fx.GraphModule, example_inputs: tuple) -> Measurement:
 
     Raises :class:`InputError` naming the node that failed when the inputs do not fit the model.
     """
+    inputs = clone_inputs(example_inputs)
     with eval_mode(gm), FlopCounterMode(display=False) as flops:
         probe = _Probe(gm, flops)
         try:
-            output = probe.run(*clone_inputs(example_inputs))
+            output = probe.run(*inputs)
         except Exception as exc:
             raise InputError(
                 f"the example inputs do not fit the model: {probe.failure or exc}. Inputs given: "
