@@ -50,12 +50,13 @@ def timed(fn, repeats: int) -> float:
 
 def cold(size: int) -> float:
     """Seconds of the first compile in a fresh process (model built before the clock starts)."""
+    here = os.path.dirname(os.path.abspath(__file__))
     code = (
-        "import time, sys; sys.path.insert(0, %r)\n"
+        f"import time, sys; sys.path.insert(0, {here!r})\n"
         "from bench_compile import build, tropfx_compile\n"
-        "m, x = build(%d)\n"
+        f"m, x = build({size})\n"
         "t = time.perf_counter(); tropfx_compile(m, x); print(time.perf_counter() - t)\n"
-    ) % (os.path.dirname(os.path.abspath(__file__)), size)
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
