@@ -54,6 +54,20 @@ def test_untraceable_submodules_become_the_smallest_leaves():
                                  "other.bn", "other.gate", "head"]
 
 
+class UntraceableBlock(Block):
+    def forward(self, x):
+        y = self.gate(self.bn(self.conv(x)))
+        return y if y.shape[0] == 2 and y.max() > 0 else -y
+
+
+def test_a_leaf_inside_a_larger_leaf_is_not_listed_twice():
+    net = Net()
+    net.block = UntraceableBlock()
+    gm, leaves = tropfx.trace(net)
+    assert [a.path for a in leaves] == ["block", "other.gate"]
+    assert _call_modules(gm)[0] == "block"
+
+
 def test_compile_rewrites_around_automatic_leaves_and_reports_them():
     model = Net().eval()
     x = torch.randn(2, 3, 5, 5)

@@ -118,4 +118,6 @@ def trace(
             if path in tracer.leaf_names:  # a leaf that fails is not ours to fix by retracing
                 raise TracingError(f"tracing failed at leaf module {path}: {_describe(cause)}") from exc
             auto.append(AutoLeaf(path, type(module).__name__, _describe(cause)))
+    # A leaf found first may sit inside one found later (whose own forward also failed).
+    auto = [a for a in auto if not any(a.path.startswith(f"{b.path}.") for b in auto)]
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__), auto
