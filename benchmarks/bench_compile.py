@@ -4,12 +4,13 @@ Goal (issue 2): tropfx.compile(resnet18, [fuse_batchnorm()], example_inputs, ver
 2 cores. Baselines measured in the same run: torch's own conv+BN fusion
 (``torch.fx.experimental.optimization.fuse``, no verification, no report) and one eager forward.
 
-"cold" is the first compile in a fresh Python process (what a script pays once): it includes
-torch's lazy one-time import of ``torch._dynamo``, which the first TorchDispatchMode
-(``torch.utils.flop_counter.FlopCounterMode``, used for MACs) triggers. "warm" is the median of
+"cold" is the first compile in a fresh Python process (what a script pays once; median of
+--cold-runs processes): it includes torch's lazy one-time import of ``torch._dynamo``, which
+the first TorchDispatchMode (``torch.utils.flop_counter.FlopCounterMode``, used for MACs)
+triggers. "warm" is the median of
 later compiles in the same process.
 
-    python benchmarks/bench_compile.py [--repeats 5] [--size 224]
+    python benchmarks/bench_compile.py [--repeats 5] [--size 224] [--cold-runs 3]
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh processes for 'cold'")
     args = parser.parse_args()
 
     from torch.fx.experimental.optimization import fuse
 
     model, x = build(args.size)
-    cold_s = cold(args.size)
+    cold_s = statistics.median(cold(args.size) for _ in range(args.cold_runs))
     cm = tropfx_compile(model, x)  # warm-up
     warm_s = timed(lambda: tropfx_compile(model, x), args.repeats)
     fx_fuse_s = timed(lambda: fuse(model), args.repeats)
