@@ -222,3 +222,17 @@ def test_resnet18_every_batchnorm_folds_exactly():
     cm.train()
     cm(x).sum().backward()
     assert all(p.grad is not None for p in cm.parameters())
+
+
+def test_one_batchnorm_module_after_two_convs_folds_into_both():
+    class SharedBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nasty_bn(nn.BatchNorm2d(3))
+
+        def forward(self, x):
+            return self.bn(self.a(x)) * self.bn(self.b(x))
+
+    cm = assert_pass_preserves(tp.fuse_batchnorm(), SharedBN().eval(), (torch.randn(1, 3, 4, 4),))
+    assert cm.report[1].rewritten == ["bn -> a", "bn_1 -> b"] and kinds(cm) == ["Conv2d", "Conv2d"]

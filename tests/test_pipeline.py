@@ -1,5 +1,6 @@
 """tropfx.compile: the public API, the pass runner, verification, the report, bad input."""
 
+import copy
 import json
 
 import pytest
@@ -209,3 +210,16 @@ def test_registered_cost_counters_add_report_columns():
     assert "maxplus" in str(cm.report).splitlines()[1]
     node = next(n for n in cm.graph.nodes if n.target == "1")
     assert node.meta["tropfx"]["cost"] == {"macs": 0, "maxplus": 12}
+
+
+def test_the_compiled_module_copies_saves_and_loads_with_its_report(tmp_path):
+    model = small_net()
+    cm = tropfx.compile(model, [tp.fuse_batchnorm()], example_inputs=(X,))
+    twin = copy.deepcopy(cm)
+    assert torch.equal(twin(X), cm(X)) and twin.report.to_dict() == cm.report.to_dict()
+    torch.save(cm, tmp_path / "cm.pt")
+    loaded = torch.load(tmp_path / "cm.pt", weights_only=False)
+    assert torch.equal(loaded(X), cm(X)) and loaded.report[1].stage == "fuse_batchnorm"
+    fresh = tropfx.compile(model, [tp.fuse_batchnorm()])
+    fresh.load_state_dict(cm.state_dict())
+    assert torch.equal(fresh(X), cm(X))

@@ -118,3 +118,13 @@ def test_shape_metadata_on_every_node_with_example_inputs():
             assert node.meta["tensor_meta"].shape == (2, 3, 5, 5) or node.target == "head"
     head = next(n for n in cm.graph.nodes if n.target == "head")
     assert head.meta["tensor_meta"].shape == (2, 2, 5, 5)
+
+
+def test_a_compiled_model_with_automatic_leaves_saves_and_loads(tmp_path):
+    model = Net().eval()
+    x = torch.randn(2, 3, 5, 5)
+    cm = tropfx.compile(model, [tp.fuse_batchnorm()], example_inputs=(x,))
+    torch.save(cm, tmp_path / "cm.pt")
+    loaded = torch.load(tmp_path / "cm.pt", weights_only=False)
+    assert torch.equal(loaded(x), cm(x)) and [a.path for a in loaded.report.leaves] == [
+        "block.gate", "other.gate"]

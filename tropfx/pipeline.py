@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as _PRESERVED
 from torch.utils._pytree import tree_flatten
 
 from tropfx.errors import InputError, PassError, VerificationError
@@ -99,6 +100,8 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
 
     report.seconds = time.perf_counter() - start
     gm.report = report
+    # GraphModule.__deepcopy__ keeps only listed attributes; this is the list (torch.ao uses it too).
+    gm.meta.setdefault(_PRESERVED, {})["report"] = report
     return gm
 
 

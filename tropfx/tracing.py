@@ -51,7 +51,8 @@ def _describe(exc: BaseException) -> str:
 class _LeafTracer(fx.Tracer):
     """A tracer with user-chosen leaves that remembers which module's forward raised."""
 
-    def __init__(self, leaf_names: set[str], leaf_types: tuple[type, ...]):
+    # No-argument construction is needed: unpickling a GraphModule re-traces with its tracer class.
+    def __init__(self, leaf_names: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()):
         super().__init__()
         self.leaf_names = leaf_names
         self.leaf_types = leaf_types
