@@ -92,7 +92,8 @@ def test_example_inputs_are_not_mutated_by_in_place_models():
 
 def test_an_exact_pass_that_changes_outputs_fails_verification_naming_it():
     bad = tropfx.graph_pass("scale_by_1.01", exact=True)(scale_output(1.01))
-    with pytest.raises(VerificationError, match=r"pass scale_by_1\.01 \(after \[fuse_batchnorm\]\)"):
+    named = r"pass scale_by_1\.01 \(after \[fuse_batchnorm\]\) is declared exact"
+    with pytest.raises(VerificationError, match=named):
         tropfx.compile(small_net(), [tp.fuse_batchnorm(), bad], example_inputs=(X,))
     # Without verification the same pipeline runs: the check is what caught it.
     cm = tropfx.compile(small_net(), [bad], example_inputs=(X,), verify=False)
@@ -223,3 +224,23 @@ def test_the_compiled_module_copies_saves_and_loads_with_its_report(tmp_path):
     fresh = tropfx.compile(model, [tp.fuse_batchnorm()])
     fresh.load_state_dict(cm.state_dict())
     assert torch.equal(fresh(X), cm(X))
+
+
+class FrozenAtTrace(nn.Module):
+    """Tracing records the branch taken for the tracing-time state, not the run-time one."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * self.calls
+
+
+def test_tracing_itself_is_verified_against_the_eager_model():
+    with pytest.raises(VerificationError, match="tracing with torch.fx changed the outputs.*leaf"):
+        tropfx.compile(nn.Sequential(nn.Linear(3, 3), FrozenAtTrace()), [],
+                       example_inputs=(torch.randn(2, 3),))
+    cm = tropfx.compile(small_net(), [], example_inputs=(X,))
+    assert cm.report[0].max_abs_err == 0.0

@@ -13,7 +13,7 @@ from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as _PRESERVED
 from torch.utils._pytree import tree_flatten
 
 from tropfx.errors import InputError, PassError, VerificationError
-from tropfx.measure import count_params, describe_inputs, eval_mode, measure
+from tropfx.measure import clone_inputs, count_params, describe_inputs, eval_mode, measure
 from tropfx.pass_base import PassInfo, PassResult, PassStats, pass_info
 from tropfx.report import Report, StageRow
 from tropfx.tracing import trace
@@ -72,14 +72,18 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
         raise InputError("verify=True needs example_inputs=(x,) to run the model on")
 
     start = time.perf_counter()
-    gm, leaves = trace(_private_copy(model), leaf_modules=leaf_modules,
-                       concrete_args=concrete_args)
+    work = _private_copy(model)
+    gm, leaves = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
     gm.training = model.training
     report = Report(model=type(model).__name__, leaves=leaves,
                     inputs=describe_inputs(inputs) if inputs is not None else "")
     row = StageRow("traced", exact=None, modified=False,
                    seconds=time.perf_counter() - start)
     reference = _measure_stage(gm, row, inputs, evaluate)
+    if verify:  # tracing is a rewrite too: it can freeze Python-level behaviour of forward
+        with eval_mode(work):
+            eager = work(*clone_inputs(inputs))
+        _verify(_TRACING, eager, reference, row, [])
     report.rows.append(row)
 
     done: list[str] = []
@@ -103,6 +107,9 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
     # GraphModule.__deepcopy__ keeps only listed attributes; this is the list (torch.ao uses it too).
     gm.meta.setdefault(_PRESERVED, {})["report"] = report
     return gm
+
+
+_TRACING = PassInfo("tracing", exact=True, rtol=None, atol=None)
 
 
 def _as_inputs(example_inputs: Any) -> tuple | None:
@@ -178,10 +185,16 @@ def _verify(info: PassInfo, reference: Any, output: Any, row: StageRow, done: li
     result = compare(reference, output, rtol=rtol, atol=atol)
     row.max_abs_err, row.max_rel_err = result.max_abs, result.max_rel
     if info.exact and not result.within:
+        if info is _TRACING:
+            what = "tracing with torch.fx changed the outputs of the model"
+            hint = ("forward has Python-level behaviour that tracing froze (a branch on a value, "
+                    "non-torch randomness, global state): keep the submodule responsible as a "
+                    "leaf with leaf_modules=[...]")
+        else:
+            what = f"pass {info.name} (after [{', '.join(done)}]) is declared exact but changed them"
+            hint = "this is a bug in the pass; please report it with the model"
         raise VerificationError(
-            f"pass {info.name} (after [{', '.join(done)}]) is declared exact but changed "
-            f"{result.worst} on the example inputs: max abs err {result.max_abs:.3g}, max rel err "
-            f"{result.max_rel:.3g} > rtol {rtol:g} (atol {atol:g}) {result.detail}. This is a bug "
-            "in the pass; please report it with the model. verify=False skips the check."
+            f"{what}: {result.worst} differs by max abs err {result.max_abs:.3g}, max rel err "
+            f"{result.max_rel:.3g} > rtol {rtol:g} (atol {atol:g}) on the example inputs "
+            f"{result.detail}. Likely cause: {hint}. verify=False skips the check."
         )
-

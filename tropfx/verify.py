@@ -58,10 +58,22 @@ def _leaf_error(ref: torch.Tensor, new: torch.Tensor) -> tuple[float, float]:
     return (0.0 if torch.equal(ref, new) else math.inf), 0.0
 
 
+def _plain(x: Any) -> Any:
+    """Rebuild containers as plain dict / list / tuple: FX graphs return immutable_dict and
+    immutable_list (subclasses) where eager code returns dict and list. Named tuples are kept."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    if isinstance(x, tuple) and not hasattr(x, "_fields"):
+        return tuple(_plain(v) for v in x)
+    return x
+
+
 def compare(ref: Any, new: Any, rtol: float, atol: float) -> Comparison:
     """Compare two (nested) outputs leaf by leaf."""
-    ref_leaves, ref_spec = tree_flatten(ref)
-    new_leaves, new_spec = tree_flatten(new)
+    ref_leaves, ref_spec = tree_flatten(_plain(ref))
+    new_leaves, new_spec = tree_flatten(_plain(new))
     if ref_spec != new_spec:
         return Comparison(math.inf, math.inf, False, "output", f"structure {new_spec} != {ref_spec}")
     rows = []  # (not within, abs, rel, name)
