@@ -25,3 +25,7 @@ class PassError(TropfxError):
 
 class VerificationError(TropfxError):
     """A pass declared exact changed the model's outputs beyond its tolerance."""
+
+
+class ParameterError(TropfxError, ValueError):
+    """A layer's parameters are outside its domain (NaN weights, a max-plus row that is all -inf)."""

@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tropfx.errors import InputError
 
 __all__ = [
-    "Measurement", "clone_inputs", "count_params", "describe_inputs", "eval_mode", "measure",
+    "Measurement", "clone_inputs", "count_active_params", "count_params", "describe_inputs",
+    "eval_mode", "measure",
     "register_cost",
 ]
 
@@ -66,6 +67,22 @@ def _counter_for(node: fx.Node, gm: fx.GraphModule) -> tuple[CostCounter, Any] |
 def count_params(module: nn.Module) -> int:
     """Number of parameter entries, each shared parameter counted once."""
     return sum(p.numel() for p in module.parameters())
+
+
+def count_active_params(module: nn.Module) -> int:
+    """Parameter entries that are not pruned: non-zero, except in a layer's ``tropical_params``
+    (max-plus weights), where pruned means infinite and 0 is an ordinary value."""
+    seen: set[int] = set()
+    active = 0
+    for m in module.modules():
+        tropical = getattr(m, "tropical_params", ())
+        for name, p in m.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            p = p.detach()
+            active += int(torch.isfinite(p).sum() if name in tropical else (p != 0).sum())
+    return active
 
 
 @contextlib.contextmanager

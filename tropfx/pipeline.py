@@ -13,7 +13,14 @@ from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as _PRESERVED
 from torch.utils._pytree import tree_flatten
 
 from tropfx.errors import InputError, PassError, VerificationError
-from tropfx.measure import clone_inputs, count_params, describe_inputs, eval_mode, measure
+from tropfx.measure import (
+    clone_inputs,
+    count_active_params,
+    count_params,
+    describe_inputs,
+    eval_mode,
+    measure,
+)
 from tropfx.pass_base import PassInfo, PassResult, PassStats, pass_info
 from tropfx.report import Report, StageRow
 from tropfx.tracing import trace
@@ -167,6 +174,7 @@ def _measure_stage(gm: fx.GraphModule, row: StageRow, inputs: tuple | None,
                    evaluate: Callable | None) -> Any:
     """Fill the row's sizes and metrics; return the stage's outputs on the inputs (or None)."""
     row.params = count_params(gm)
+    row.active_params = count_active_params(gm)
     output = None
     if inputs is not None:
         m = measure(gm, inputs)

@@ -28,6 +28,7 @@ class StageRow:
     rewritten: list[str] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     params: int = 0
+    active_params: int = 0  # not pruned: non-zero, or finite for max-plus weights
     macs: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
     max_abs_err: float | None = None
@@ -89,14 +90,16 @@ class Report:
     def __str__(self) -> str:
         count_keys = sorted({k for r in self.rows for k in r.counts})
         metric_keys = list(dict.fromkeys(k for r in self.rows for k in r.metrics))
-        header = ["#", "stage", "exact", "rewritten", "skipped", "params", "MACs", *count_keys,
+        header = ["#", "stage", "exact", "rewritten", "skipped", "params", "active", "MACs",
+                  *count_keys,
                   "max abs err", "max rel err", "time", *metric_keys]
         table = [header]
         for i, r in enumerate(self.rows):
             table.append([
                 str(i), r.stage, "-" if r.exact is None else ("yes" if r.exact else "no"),
                 str(len(r.rewritten)) if i else "-", str(len(r.skipped)) if i else "-",
-                f"{r.params:,}", _si(r.macs), *(_si(r.counts.get(k)) for k in count_keys),
+                f"{r.params:,}", f"{r.active_params:,}", _si(r.macs),
+                *(_si(r.counts.get(k)) for k in count_keys),
                 _err(r.max_abs_err), _err(r.max_rel_err), f"{r.seconds * 1e3:.0f} ms",
                 *(_metric(r.metrics.get(k, "-")) for k in metric_keys),
             ])

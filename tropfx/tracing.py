@@ -20,9 +20,16 @@ from torch import fx, nn
 
 from tropfx.errors import TracingError
 
-__all__ = ["AutoLeaf", "trace"]
+__all__ = ["AutoLeaf", "register_leaf", "trace"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_LEAF_TYPES: set[type[nn.Module]] = set()
+
+
+def register_leaf(*module_types: type[nn.Module]) -> None:
+    """Always keep these module types as single ``call_module`` nodes (tropfx's own layers are:
+    passes rewrite and lower them as units)."""
+    _LEAF_TYPES.update(module_types)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class _LeafTracer(fx.Tracer):
         return (
             module_qualified_name in self.leaf_names
             or isinstance(m, self.leaf_types)
+            or type(m) in _LEAF_TYPES
             or super().is_leaf_module(m, module_qualified_name)
         )
 

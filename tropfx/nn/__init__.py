@@ -1,0 +1,6 @@
+"""tropfx's layers: max-plus / min-plus (dense and sparse), Maxout, and morphological
+convolutions. Pure-torch reference implementations; ``tropfx.nn.functional`` has the math."""
+
+from tropfx.nn.maxplus import Maxout, MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus
+
+__all__ = ["MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]

@@ -1,0 +1,164 @@
+"""Max-plus and min-plus products: the reference semantics of tropfx's morphological layers.
+
+Sparse Hybrid Linear-Morphological Networks (Fotopoulos, Garoufis, Maragos 2025), §2: a max-plus
+("dilation") layer computes ``y_o = max(max_i (x_i + W_oi), b_o)``; its min-plus ("erosion") dual
+is ``y_o = min(min_i (x_i + W_oi), b_o)``. Entries of ``W`` (and ``b``) equal to -inf (+inf for
+min-plus) are inactive: they never win the max.
+
+Gradients are the subgradients of max: for each output only the winning term receives the gradient
+(``x_i`` and ``W_oi`` of the argmax, or ``b_o``). **Ties are broken deterministically**: the bias
+wins a tie with an input term (so ``max(x + 0, 0)`` has exactly ReLU's gradient, 0 at ``x = 0``);
+among inputs the lowest index wins (for the sparse form: the earliest stored position, and stored
+rows are sorted by input index). NaN propagates, as in ``torch.relu`` and ``torch.max``.
+
+These functions are what the C++ / CUDA kernels must match bit for bit. The dense product never
+materializes the whole ``B x out x in`` tensor: it works in chunks of at most ``chunk_elements``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tropfx.errors import InputError, ParameterError
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "check_tropical",
+    "maxout",
+    "maxplus",
+    "minplus",
+    "sparse_maxplus",
+    "sparse_minplus",
+]
+
+CHUNK_ELEMENTS = 1 << 22  # at most 16 MiB of float32 temporaries per chunk
+
+
+def check_tropical(weight: Tensor, bias: Tensor | None, *, name: str = "max-plus layer") -> None:
+    """Reject parameters a max-plus layer cannot use: NaN or +inf entries, and rows that can
+    never be finite (every weight -inf and no finite bias), which would silently yield -inf and
+    then NaN downstream."""
+    if torch.isnan(weight).any() or (bias is not None and torch.isnan(bias).any()):
+        raise ParameterError(f"{name} has NaN weights; training diverged or the checkpoint is "
+                             "corrupt")
+    if (weight == torch.inf).any() or (bias is not None and (bias == torch.inf).any()):
+        raise ParameterError(f"{name} has +inf weights; only -inf (inactive) is allowed")
+    dead = torch.isneginf(weight).flatten(1).all(1)
+    if bias is not None:
+        dead &= torch.isneginf(bias)
+    if dead.any():
+        rows = dead.nonzero().flatten().tolist()
+        raise ParameterError(
+            f"{name}: output(s) {rows[:10]}{'...' if len(rows) > 10 else ''} have every weight "
+            "-inf and no finite bias, so they are -inf for every input; give them a finite "
+            "weight or bias (prune_l1 keeps one per row for this reason)"
+        )
+
+
+def _chunk_rows(batch: int, out: int, inner: int, budget: int) -> tuple[int, int]:
+    """(batch rows, output rows) per chunk so that rows_b * rows_o * inner <= budget."""
+    per_output = max(1, budget // max(1, inner))
+    rows_o = min(out, per_output)
+    rows_b = min(batch, max(1, per_output // rows_o))
+    return rows_b, rows_o
+
+
+class _MaxPlus(torch.autograd.Function):
+    """y = max(max_i x_i + W_oi, b_o) on 2-D x, chunked; saves the argmax (-1 = the bias)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, budget: int) -> Tensor:
+        batch, inner = x.shape
+        out = weight.shape[0]
+        y = x.new_empty(batch, out)
+        arg = torch.empty(batch, out, dtype=torch.long, device=x.device)
+        rows_b, rows_o = _chunk_rows(batch, out, inner, budget)
+        for o in range(0, out, rows_o):
+            w = weight[o:o + rows_o]
+            for b in range(0, batch, rows_b):
+                best, idx = (x[b:b + rows_b, None, :] + w[None]).max(dim=-1)
+                y[b:b + rows_b, o:o + rows_o] = best
+                arg[b:b + rows_b, o:o + rows_o] = idx
+        if bias is not None:
+            take = bias >= y  # the bias wins ties; a NaN max stays NaN (comparison is False)
+            y = torch.where(take, bias.to(y.dtype), y)
+            arg.masked_fill_(take, -1)
+        ctx.save_for_backward(arg)
+        ctx.shapes = (inner, weight.shape, bias is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        (arg,) = ctx.saved_tensors
+        inner, w_shape, has_bias = ctx.shapes
+        from_input = arg >= 0
+        idx = arg.clamp_min(0)
+        g = torch.where(from_input, grad_y, 0.0)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y.new_zeros(grad_y.shape[0], inner).scatter_add_(1, idx, g)
+        if ctx.needs_input_grad[1]:
+            flat = idx + torch.arange(w_shape[0], device=idx.device) * inner  # row-major W index
+            grad_w = grad_y.new_zeros(w_shape).view(-1).index_add_(0, flat.flatten(),
+                                                                   g.flatten()).view(w_shape)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.where(from_input, 0.0, grad_y).sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def maxplus(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+            chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """Dense max-plus product over the last dim: ``x (..., in)``, ``weight (out, in)`` ->
+    ``(..., out)``, ``y_o = max(max_i (x_i + W_oi), b_o)``. See the module docstring."""
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise InputError(f"maxplus: x (..., {x.shape[-1]}) does not fit weight "
+                         f"{tuple(weight.shape)} (out, in)")
+    lead = x.shape[:-1]
+    y = _MaxPlus.apply(x.reshape(-1, x.shape[-1]), weight, bias, chunk_elements)
+    return y.reshape(*lead, weight.shape[0])
+
+
+def minplus(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
+            chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """Min-plus dual: ``y_o = min(min_i (x_i + W_oi), b_o)`` (= -maxplus(-x, -W, -b), exactly)."""
+    neg_b = None if bias is None else -bias
+    return -maxplus(-x, -weight, neg_b, chunk_elements=chunk_elements)
+
+
+def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None = None, *,
+                   dim: int = -1) -> Tensor:
+    """Sparse max-plus product along ``dim``: output ``o`` reads the ``k`` inputs
+    ``index[o, :]`` with weights ``value[o, :]``:
+
+        y_o = max(max_j (x_{index[o, j]} + value[o, j]), b_o)
+
+    Works on ``(..., in, ...)`` with ``in`` at ``dim``; memory ``O(numel(y) * (k + 1))``.
+    """
+    moved = x.movedim(dim, -1)
+    out, k = index.shape
+    gathered = moved.index_select(-1, index.reshape(-1)).unflatten(-1, (out, k)) + value
+    if bias is not None:
+        # The bias goes first: torch.max returns the first maximal position, so it wins ties.
+        first = bias.to(gathered.dtype)[:, None].expand(gathered.shape[:-1] + (1,))
+        gathered = torch.cat([first, gathered], dim=-1)
+    return gathered.max(dim=-1).values.movedim(-1, dim)
+
+
+def sparse_minplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None = None, *,
+                   dim: int = -1) -> Tensor:
+    """Min-plus dual of :func:`sparse_maxplus` (= -sparse_maxplus(-x, index, -value, -b))."""
+    neg_b = None if bias is None else -bias
+    return -sparse_maxplus(-x, index, -value, neg_b, dim=dim)
+
+
+def maxout(x: Tensor, pool: int, *, dim: int = -1) -> Tensor:
+    """Maxout (Goodfellow et al. 2013): the max over consecutive groups of ``pool`` features,
+    ``(..., F * pool, ...) -> (..., F, ...)``. The paper's comparison baseline: a linear layer
+    followed by maxout is a linear layer followed by a max-plus layer with block-diagonal
+    zero / -inf weights."""
+    size = x.shape[dim]
+    if size % pool:
+        raise InputError(f"maxout: {size} features are not a multiple of pool={pool}")
+    return x.unflatten(dim, (size // pool, pool)).max(dim=dim % x.dim() + 1).values

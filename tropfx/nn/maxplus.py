@@ -1,0 +1,173 @@
+"""Max-plus (dilation) layers, dense and sparse, their min-plus duals, and Maxout.
+
+Sparse Hybrid Linear-Morphological Networks (Fotopoulos, Garoufis, Maragos 2025): morphological
+layers inserted between linear layers in place of activations. ``MaxPlus`` is the paper's dense
+morphological layer (Proposal 1); ``SparseMaxPlus`` its sparsely initialized variant (Proposal 2),
+stored as an index tensor and a value tensor per output, never as a dense -inf mask. Semantics,
+tie-breaking and gradients: :mod:`tropfx.nn.functional`.
+
+Parameters named in a layer's ``tropical_params`` are "pruned" at -inf (+inf for min-plus), not at
+0; :func:`tropfx.measure.count_active_params` and ``prune_l1`` read that attribute.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tropfx.errors import InputError
+from tropfx.measure import register_cost
+from tropfx.nn import functional as TF
+from tropfx.tracing import register_leaf
+
+__all__ = ["MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]
+
+INIT_SCALE = 0.01  # finite weights start "near 0" (paper §3.2); uniform in [-s, s]
+
+
+class MaxPlus(nn.Module):
+    """Dense max-plus layer ``y_o = max(max_i (x_i + W_oi), b_o)`` over the last dimension.
+
+    Weights start uniform in ``[-0.01, 0.01]`` (near 0, as in the paper, with ties broken), the
+    bias at 0. An inactive weight is -inf; a bias-free layer has no ``b_o`` term.
+    """
+
+    tropical_params = ("weight", "bias")
+    _sign = 1.0  # MinPlus flips it: min-plus is the max-plus of negated operands
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(
+            -INIT_SCALE, INIT_SCALE))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        TF.check_tropical(self._sign * self.weight.detach(),
+                          None if self.bias is None else self._sign * self.bias.detach(),
+                          name=type(self).__name__)
+        fn = TF.maxplus if self._sign > 0 else TF.minplus
+        return fn(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, " \
+               f"bias={self.bias is not None}"
+
+
+class MinPlus(MaxPlus):
+    """Min-plus (erosion) dual ``y_o = min(min_i (x_i + W_oi), b_o)``; inactive weights are +inf."""
+
+    _sign = -1.0
+
+
+class SparseMaxPlus(nn.Module):
+    """Sparse max-plus layer: output ``o`` reads only ``k`` inputs.
+
+        y_o = max(max_j (x_{index[o, j]} + value[o, j]), b_o)
+
+    ``index`` (out, k) is a buffer, sorted along each row; ``value`` (out, k) and ``bias`` (out,)
+    are parameters. Paper initialization (Proposal 2, P = k): each output draws ``k`` distinct
+    inputs uniformly at random (torch's global RNG, or ``generator``), values uniform in
+    ``[-0.01, 0.01]``, bias 0. ``dim`` is the feature dimension (default last; 1 for the
+    channels of ``(N, C, ...)`` activations).
+    """
+
+    tropical_params = ("value", "bias")
+    _sign = 1.0
+
+    def __init__(self, in_features: int, out_features: int, k: int = 2, bias: bool = True, *,
+                 dim: int = -1, generator: torch.Generator | None = None):
+        super().__init__()
+        if not 1 <= k <= in_features:
+            raise InputError(f"{type(self).__name__}: k={k} must be in [1, in_features="
+                             f"{in_features}]: each output reads k distinct inputs")
+        self.in_features, self.out_features, self.k, self.dim = in_features, out_features, k, dim
+        scores = torch.rand(out_features, in_features, generator=generator)
+        index = scores.topk(k, dim=1).indices.sort(dim=1).values
+        self.register_buffer("index", index)
+        self.value = nn.Parameter(torch.empty(out_features, k).uniform_(
+            -INIT_SCALE, INIT_SCALE, generator=generator))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        TF.check_tropical(self._sign * self.value.detach(),
+                          None if self.bias is None else self._sign * self.bias.detach(),
+                          name=type(self).__name__)
+        fn = TF.sparse_maxplus if self._sign > 0 else TF.sparse_minplus
+        return fn(x, self.index, self.value, self.bias, dim=self.dim)
+
+    @classmethod
+    def from_dense(cls, weight: Tensor, bias: Tensor | None = None, *, dim: int = -1
+                   ) -> SparseMaxPlus:
+        """The sparse layer with the same function as dense ``weight`` (out, in), whose inactive
+        entries are -inf (+inf for the min-plus class). ``k`` is the largest number of active
+        entries in a row; shorter rows are padded with inactive entries."""
+        inactive = -cls._sign * math.inf
+        active = weight != inactive
+        k = max(1, int(active.sum(1).max()))
+        # Active entries first (in index order), then inactive ones to pad the row to k.
+        order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :k]
+        layer = cls(weight.shape[1], weight.shape[0], k, bias is not None, dim=dim)
+        index = order.sort(dim=1).values
+        with torch.no_grad():
+            layer.index.copy_(index)
+            layer.value.copy_(weight.gather(1, index))
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    def to_dense(self) -> tuple[Tensor, Tensor | None]:
+        """``(weight (out, in), bias)`` of the equivalent dense layer, inactive entries ∓inf."""
+        dense = torch.full((self.out_features, self.in_features), -self._sign * math.inf,
+                           dtype=self.value.dtype, device=self.value.device)
+        # Rows hold distinct indices; the reduction only makes user-edited duplicates well defined.
+        reduce = "amax" if self._sign > 0 else "amin"
+        dense.scatter_reduce_(1, self.index, self.value.detach(), reduce=reduce)
+        return dense, None if self.bias is None else self.bias.detach().clone()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "
+                f"bias={self.bias is not None}, dim={self.dim}")
+
+
+class SparseMinPlus(SparseMaxPlus):
+    """Min-plus dual of :class:`SparseMaxPlus`; inactive values are +inf."""
+
+    _sign = -1.0
+
+
+class Maxout(nn.Module):
+    """Maxout over consecutive groups of ``pool`` features along ``dim`` (the paper's baseline)."""
+
+    def __init__(self, pool: int = 2, dim: int = -1):
+        super().__init__()
+        if pool < 1:
+            raise InputError(f"Maxout: pool={pool} must be >= 1")
+        self.pool, self.dim = pool, dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return TF.maxout(x, self.pool, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}, dim={self.dim}"
+
+
+register_leaf(MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus, Maxout)
+
+
+@register_cost(MaxPlus)
+def _maxplus_cost(m: MaxPlus, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
+    # One (add, max) pair per stored weight per output row; the bias is one more max.
+    return {"maxplus": out.numel() * (m.in_features + (m.bias is not None))}
+
+
+@register_cost(SparseMaxPlus)
+def _sparse_cost(m: SparseMaxPlus, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
+    return {"maxplus": out.numel() * (m.k + (m.bias is not None))}
+
+
+@register_cost(Maxout)
+def _maxout_cost(m: Maxout, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
+    return {"maxplus": out.numel() * m.pool}
