@@ -5,5 +5,11 @@
 """
 
 from tropfx.passes.fuse_batchnorm import FuseBatchNorm, fuse_batchnorm
+from tropfx.passes.relu_to_maxplus import ReluToMaxPlus, relu_to_maxplus
 
-__all__ = ["FuseBatchNorm", "fuse_batchnorm"]
+__all__ = [
+    "FuseBatchNorm",
+    "ReluToMaxPlus",
+    "fuse_batchnorm",
+    "relu_to_maxplus",
+]

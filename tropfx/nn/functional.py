@@ -143,7 +143,20 @@ def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
         # The bias goes first: torch.max returns the first maximal position, so it wins ties.
         first = bias.to(gathered.dtype)[:, None].expand(gathered.shape[:-1] + (1,))
         gathered = torch.cat([first, gathered], dim=-1)
-    return gathered.max(dim=-1).values.movedim(-1, dim)
+    y = gathered.max(dim=-1).values.movedim(-1, dim)
+    # Keep the input's row-major strides: a strided view (even one torch calls contiguous, with
+    # size-1 dims) makes the next conv pick another algorithm, which rounds differently.
+    if x.stride() == _row_major(x.shape) and y.stride() != _row_major(y.shape):
+        y = y.clone(memory_format=torch.contiguous_format)
+    return y
+
+
+def _row_major(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def sparse_minplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None = None, *,
