@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tropfx.errors import InputError, ParameterError
-from tropfx.nn import MaxPlus, Maxout, MinPlus, SparseMaxPlus, SparseMinPlus
+from tropfx.nn import Maxout, MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus
 from tropfx.nn import functional as TF
 from tropfx.passes.relu_to_maxplus import identity_maxplus
 
@@ -113,9 +113,10 @@ def test_gradcheck_in_float64_on_tie_free_inputs(layer):
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     params = tuple(module.parameters())
 
+    names = [n for n, _ in module.named_parameters()]
+
     def f(x, *ps):
-        return torch.func.functional_call(module, dict(zip([n for n, _ in
-                                                            module.named_parameters()], ps)), (x,))
+        return torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (x,))
 
     assert torch.autograd.gradcheck(f, (x, *params))
 
