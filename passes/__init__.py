@@ -5,11 +5,17 @@
 """
 
 from tropfx.passes.fuse_batchnorm import FuseBatchNorm, fuse_batchnorm
+from tropfx.passes.maxpool_to_dilation import MaxPoolToDilation, maxpool_to_dilation
+from tropfx.passes.prune_l1 import PruneL1, prune_l1
 from tropfx.passes.relu_to_maxplus import ReluToMaxPlus, relu_to_maxplus
 
 __all__ = [
     "FuseBatchNorm",
+    "MaxPoolToDilation",
+    "PruneL1",
     "ReluToMaxPlus",
     "fuse_batchnorm",
+    "maxpool_to_dilation",
+    "prune_l1",
     "relu_to_maxplus",
 ]

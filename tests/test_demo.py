@@ -11,11 +11,19 @@ from tropfx.demo import run_demo
 def test_demo_trains_compiles_verifies_and_reports():
     result = run_demo(seconds=0.5)
     report = result.compiled.report
-    assert [r.stage for r in report.rows] == ["traced", "fuse_batchnorm"]
+    assert [r.stage for r in report.rows] == ["traced", "fuse_batchnorm", "relu_to_maxplus",
+                                              "maxpool_to_dilation", "prune_l1"]
     assert len(report["fuse_batchnorm"].rewritten) == 3  # two conv + BN, one Linear + BN1d
+    assert len(report["relu_to_maxplus"].rewritten) == 3
+    assert len(report["maxpool_to_dilation"].rewritten) == 2
     assert report[1].params < report[0].params and report[0].macs > 0
-    # Exact pass: the compiled model classifies the test set exactly as the trained one.
-    assert report[0].metrics["test acc"] == report[1].metrics["test acc"] == result.accuracy
+    assert report[3].counts["maxplus"] > report[2].counts["maxplus"] > 0
+    # Exact passes: the compiled model classifies the test set exactly as the trained one.
+    assert all(r.metrics["test acc"] == result.accuracy for r in report.rows[:4])
+    assert report["relu_to_maxplus"].max_abs_err == report["maxpool_to_dilation"].max_abs_err == 0
+    # The lossy pass: half the conv / linear weights are gone, and the report says what it cost.
+    assert report[4].active_params < 0.6 * report[3].active_params
+    assert report[4].exact is False and report[4].max_abs_err > 0
     assert result.accuracy > 0.5  # it learned something in half a second
 
 
@@ -23,7 +31,7 @@ def test_cli_demo_prints_the_report_and_writes_json(tmp_path, capsys):
     path = tmp_path / "report.json"
     assert main(["demo", "--seconds", "0.2", "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "fuse_batchnorm" in out and "test acc" in out
+    assert "prune_l1" in out and "test acc" in out
     assert json.loads(path.read_text())["rows"][1]["stage"] == "fuse_batchnorm"
 
 

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tropfx
 from tropfx.errors import InputError, ParameterError
 from tropfx.nn import Maxout, MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus
 from tropfx.nn import functional as TF
@@ -173,3 +174,15 @@ def test_dense_forward_backward_memory_is_bounded():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     extra = int(out.stdout.strip().splitlines()[-1])
     assert extra < 1 << 30, f"{extra / 2**20:.0f} MiB of extra memory"
+
+
+@pytest.mark.parametrize("make", [lambda: MaxPlus(4, 3), lambda: SparseMaxPlus(4, 3),
+                                  lambda: MinPlus(4, 3, bias=False), lambda: Maxout(2)])
+def test_a_layer_compiles_as_the_root_model_and_reports_its_maxplus_ops(make, tmp_path):
+    layer = make()
+    x = torch.randn(2, 4)
+    cm = tropfx.compile(layer, [], example_inputs=(x,))
+    terms = {"MaxPlus": 5, "SparseMaxPlus": 3, "MinPlus": 4, "Maxout": 2}[type(layer).__name__]
+    assert cm.report[0].counts == {"maxplus": cm(x).numel() * terms}
+    torch.save(cm, tmp_path / "cm.pt")
+    assert torch.equal(torch.load(tmp_path / "cm.pt", weights_only=False)(x), layer(x))

@@ -175,3 +175,9 @@ def maxout(x: Tensor, pool: int, *, dim: int = -1) -> Tensor:
     if size % pool:
         raise InputError(f"maxout: {size} features are not a multiple of pool={pool}")
     return x.unflatten(dim, (size // pool, pool)).max(dim=dim % x.dim() + 1).values
+
+
+# Opaque to torch.fx: a traced graph records one call per product (their argument checks would
+# otherwise be traced as control flow), even when a layer is itself the traced root.
+for _name in ("maxplus", "minplus", "sparse_maxplus", "sparse_minplus", "maxout"):
+    torch.fx.wrap(_name)

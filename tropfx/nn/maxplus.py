@@ -10,8 +10,7 @@ Parameters named in a layer's ``tropical_params`` are "pruned" at -inf (+inf for
 0; :func:`tropfx.measure.count_active_params` and ``prune_l1`` read that attribute.
 """
 
-from __future__ import annotations
-
+import inspect
 import math
 
 import torch
@@ -23,6 +22,16 @@ from tropfx.nn import functional as TF
 from tropfx.tracing import register_leaf
 
 __all__ = ["MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]
+
+
+def check_parameters(weight: Tensor, bias: Tensor | None, sign: float, name: str) -> None:
+    """:func:`tropfx.nn.functional.check_tropical` of the layer's max-plus form."""
+    TF.check_tropical(sign * weight.detach(), None if bias is None else sign * bias.detach(),
+                      name=name)
+
+
+# A leaf for torch.fx: the check runs at call time instead of branching during tracing.
+torch.fx.wrap("check_parameters")
 
 INIT_SCALE = 0.01  # finite weights start "near 0" (paper §3.2); uniform in [-s, s]
 
@@ -45,9 +54,7 @@ class MaxPlus(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        TF.check_tropical(self._sign * self.weight.detach(),
-                          None if self.bias is None else self._sign * self.bias.detach(),
-                          name=type(self).__name__)
+        check_parameters(self.weight, self.bias, self._sign, type(self).__name__)
         fn = TF.maxplus if self._sign > 0 else TF.minplus
         return fn(x, self.weight, self.bias)
 
@@ -92,15 +99,13 @@ class SparseMaxPlus(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        TF.check_tropical(self._sign * self.value.detach(),
-                          None if self.bias is None else self._sign * self.bias.detach(),
-                          name=type(self).__name__)
+        check_parameters(self.value, self.bias, self._sign, type(self).__name__)
         fn = TF.sparse_maxplus if self._sign > 0 else TF.sparse_minplus
         return fn(x, self.index, self.value, self.bias, dim=self.dim)
 
     @classmethod
     def from_dense(cls, weight: Tensor, bias: Tensor | None = None, *, dim: int = -1
-                   ) -> SparseMaxPlus:
+                   ) -> "SparseMaxPlus":
         """The sparse layer with the same function as dense ``weight`` (out, in), whose inactive
         entries are -inf (+inf for the min-plus class). ``k`` is the largest number of active
         entries in a row; shorter rows are padded with inactive entries."""
@@ -171,3 +176,15 @@ def _sparse_cost(m: SparseMaxPlus, args: tuple, kwargs: dict, out: Tensor) -> di
 @register_cost(Maxout)
 def _maxout_cost(m: Maxout, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
     return {"maxplus": out.numel() * m.pool}
+
+
+def _product_cost(fn, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
+    """Functional products (a traced graph's ``maxplus(x, w, b)`` nodes): (add, max) pairs."""
+    bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    stored = bound["weight"] if "weight" in bound else bound["index"]
+    return {"maxplus": out.numel() * (stored.shape[1] + (bound.get("bias") is not None))}
+
+
+for _fn in (TF.maxplus, TF.minplus, TF.sparse_maxplus, TF.sparse_minplus):
+    register_cost(_fn)(_product_cost)
+register_cost(TF.maxout)(lambda fn, args, kwargs, out: {"maxplus": out.numel() * args[1]})

@@ -1,0 +1,418 @@
+"""Morphological convolutions: dilation (max-plus) and erosion (min-plus), the reference implementation.
+
+"Sparse Hybrid Linear-Morphological Networks" (arXiv 2504.09289) defines the dilation of an input
+``x`` by a structuring element (SE) ``w`` as ``delta_w(x) = max_i (x_i + w_i)``; erosion is its
+min-plus dual, ``epsilon_w(x) = min_i (x_i - w_i)``. Here the index ``i`` runs over a sliding window,
+as in a convolution: these layers replace max pooling, which is exactly a dilation by a flat (all-zero)
+SE.
+
+The SE has one of two forms:
+
+* per channel, ``(C, *kernel)``, like pooling: ``y[n, c, p] = max_k x[n, c, p*s + k*d - pad] + w[c, k]``;
+* full, ``(C_out, C_in, *kernel)``, like a convolution:
+  ``y[n, o, p] = max_{c, k} x[n, c, p*s + k*d - pad] + w[o, c, k]``.
+
+Padding and output sizes follow ``torch.nn.functional.max_pool1d/2d`` (``ceil_mode`` included);
+dilation pads with ``-inf`` and erosion with ``+inf``, so padding never wins a window. With a flat SE,
+:func:`dilation2d` is bitwise equal to ``F.max_pool2d`` (NaN propagates, as there) and so is its input
+gradient: the functions here define the semantics that compiled kernels must match bit for bit.
+
+Gradients are the subgradient of max (min): each output sends its gradient to the *first* maximal
+(minimal) element of its window, in window order -- input channel first (full form), then kernel
+offsets row-major -- and to the matching SE entry. This is max pooling's rule. One difference: a
+window whose maximum is ``-inf`` and whose first element is padding sends its gradient to the padding
+(i.e. drops it), where max pooling picks its first input element; a window lying wholly in the
+padding is ``-inf`` and has no gradient at all.
+
+Memory: windows are strided views of the (padded) input; the ``x + w`` terms of at most
+``chunk_elements`` (default :data:`CHUNK_ELEMENTS`) window entries exist at a time, blocks being taken
+over output channels, then output rows, then the batch. A block is never smaller than one output row
+of one sample and one output channel (``W_out * C_in * K`` entries for the full form), so the largest
+intermediate has ``max(chunk_elements, W_out * C_in * K)`` entries, besides the padded input (and, in
+the backward pass, one gradient of its size at a time) and the output.
+"""
+
+# No ``from __future__ import annotations``: torch.fx copies the root forward's annotations into the
+# code it generates, and string annotations make the traced module unpicklable.
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from tropfx.errors import InputError, ParameterError
+from tropfx.measure import register_cost
+from tropfx.tracing import register_leaf
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "INIT_NOISE",
+    "Dilation1d",
+    "Dilation2d",
+    "Erosion1d",
+    "Erosion2d",
+    "dilation1d",
+    "dilation2d",
+    "erosion1d",
+    "erosion2d",
+]
+
+CHUNK_ELEMENTS = 2**24  # at most this many x + w terms are materialized at once (see module docs)
+INIT_NOISE = 0.01  # a fresh SE is U(-INIT_NOISE, INIT_NOISE): flat, with ties broken
+
+IntOrTuple = int | Sequence[int]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Functional API. fx.wrap keeps each call one opaque call_function node when torch.fx traces a model
+# (the argument checks below need concrete tensors), and gives cost counters a target to match.
+
+
+@fx.wrap
+def dilation1d(x: Tensor, weight: Tensor, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+               dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """Max-plus dilation of ``x`` (N, C, L) by ``weight`` (C, k) or (C_out, C, k).
+
+    ``y[n, o, p] = max over the window of x + w``; ``stride``, ``padding`` (filled with ``-inf``),
+    ``dilation`` and ``ceil_mode`` as in ``F.max_pool1d``. With ``weight = zeros(C, k)`` the result is
+    bitwise ``F.max_pool1d(x, k, stride, padding, dilation, ceil_mode)``. The gradient goes to the first
+    maximal window element (see the module docstring). Errors: as for :func:`dilation2d`.
+    """
+    return _morphology(x, weight, 1, False, stride, padding, dilation, ceil_mode, chunk_elements)
+
+
+@fx.wrap
+def dilation2d(x: Tensor, weight: Tensor, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+               dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+               chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """Max-plus dilation of ``x`` (N, C, H, W) by ``weight`` (C, kh, kw) or (C_out, C, kh, kw).
+
+    ``y[n, o, i, j] = max over the window of x + w``; ``stride``, ``padding`` (filled with ``-inf``),
+    ``dilation`` and ``ceil_mode`` as in ``F.max_pool2d``. With ``weight = zeros(C, kh, kw)`` the
+    result is bitwise ``F.max_pool2d(x, (kh, kw), stride, padding, dilation, ceil_mode)``. The gradient
+    goes to the first maximal window element, channel-major then kernel row-major (see the module
+    docstring). Raises :class:`~tropfx.errors.InputError` on bad shapes or arguments and
+    :class:`~tropfx.errors.ParameterError` on an SE holding NaN or ``+inf`` (which would meet the
+    ``-inf`` padding and make NaN); ``-inf`` entries are allowed and switch an entry off.
+    """
+    return _morphology(x, weight, 2, False, stride, padding, dilation, ceil_mode, chunk_elements)
+
+
+@fx.wrap
+def erosion1d(x: Tensor, weight: Tensor, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+              dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+              chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """Min-plus erosion of ``x`` (N, C, L) by ``weight`` (C, k) or (C_out, C, k).
+
+    ``y[n, o, p] = min over the window of x - w``, padding filled with ``+inf``; equal to
+    ``-dilation1d(-x, weight, ...)``. The gradient goes to the first minimal window element. Errors: as
+    for :func:`dilation2d` (the same SE values are rejected: ``+inf - +inf`` is NaN too).
+    """
+    return _morphology(x, weight, 1, True, stride, padding, dilation, ceil_mode, chunk_elements)
+
+
+@fx.wrap
+def erosion2d(x: Tensor, weight: Tensor, stride: IntOrTuple = 1, padding: IntOrTuple = 0,
+              dilation: IntOrTuple = 1, ceil_mode: bool = False, *,
+              chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    """Min-plus erosion of ``x`` (N, C, H, W) by ``weight`` (C, kh, kw) or (C_out, C, kh, kw).
+
+    ``y[n, o, i, j] = min over the window of x - w``, padding filled with ``+inf``; equal to
+    ``-dilation2d(-x, weight, ...)``. The gradient goes to the first minimal window element,
+    channel-major then kernel row-major. Errors: as for :func:`dilation2d` (the same SE values are
+    rejected: ``+inf - +inf`` is NaN too; ``x - (-inf) = +inf`` never wins a min).
+    """
+    return _morphology(x, weight, 2, True, stride, padding, dilation, ceil_mode, chunk_elements)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The one implementation behind the four functions.
+
+
+def _morphology(x: Tensor, weight: Tensor, nd: int, erode: bool, stride: IntOrTuple,
+                padding: IntOrTuple, dilation: IntOrTuple, ceil_mode: bool,
+                chunk_elements: int) -> Tensor:
+    name = f"{'erosion' if erode else 'dilation'}{nd}d"
+    full = _check_tensors(name, x, weight, nd)
+    stride = _as_tuple(name, "stride", stride, nd, minimum=1)
+    padding = _as_tuple(name, "padding", padding, nd, minimum=0)
+    dilation = _as_tuple(name, "dilation", dilation, nd, minimum=1)
+    if not isinstance(chunk_elements, int) or chunk_elements < 1:
+        raise InputError(f"{name}: chunk_elements must be a positive int, got {chunk_elements!r}")
+    kernel = tuple(weight.shape[-nd:])
+    sizes = tuple(x.shape[2:])
+    out = tuple(_out_size(sizes[i], kernel[i], stride[i], padding[i], dilation[i], ceil_mode)
+                for i in range(nd))
+    for i in range(nd):
+        if out[i] < 1:  # ceil_mode admits a kernel up to stride - 1 past the padded input, like pooling
+            raise InputError(
+                f"{name}: the kernel (size {kernel[i]}, dilation {dilation[i]}, spanning "
+                f"{_span(kernel[i], dilation[i])}) is larger than the padded input ({sizes[i]} + 2 * "
+                f"{padding[i]}) along spatial dim {i}; use a larger input, more padding or a smaller "
+                "kernel"
+            )
+    fill = math.inf if erode else -math.inf  # padding must never win the window
+    grid = _Grid(kernel, stride, dilation, out)
+    return _reduce_in_blocks(_pad(x, grid, padding, fill), weight, grid, full, erode, chunk_elements)
+
+
+def _check_tensors(name: str, x: Tensor, weight: Tensor, nd: int) -> bool:
+    """Validate ``x`` and ``weight``; return whether ``weight`` is the full (C_out, C_in, ...) form."""
+    spatial = "L" if nd == 1 else "H, W"
+    if not isinstance(x, Tensor) or x.dim() != nd + 2:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"{name}: x must be a tensor (N, C, {spatial}), got {got}; "
+                         "add a batch dimension with x.unsqueeze(0)")
+    if not x.is_floating_point():
+        raise InputError(f"{name}: x must be floating point (padding is infinite), got {x.dtype}")
+    if not isinstance(weight, Tensor) or weight.dim() not in (nd + 1, nd + 2):
+        got = f"shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise InputError(f"{name}: weight must be (C, *kernel) per channel or (C_out, C_in, *kernel) "
+                         f"with {nd} kernel dim(s), got {got}")
+    if weight.dtype != x.dtype:
+        raise InputError(f"{name}: weight is {weight.dtype} but x is {x.dtype}; convert one of them")
+    full = weight.dim() == nd + 2
+    channels = weight.shape[1] if full else weight.shape[0]
+    if channels != x.shape[1]:
+        form = "(C_out, C_in, *kernel) has C_in" if full else "(C, *kernel) has C"
+        raise InputError(f"{name}: x has {x.shape[1]} channels but weight {tuple(weight.shape)} "
+                         f"{form} = {channels}")
+    if weight.numel() == 0:
+        raise InputError(f"{name}: weight {tuple(weight.shape)} is empty")
+    # +inf in the SE meets the infinite padding (or an -inf input) and makes NaN.
+    if bool(torch.isnan(weight).any() | torch.isposinf(weight).any()):
+        raise ParameterError(f"{name}: the structuring element holds NaN or +inf; its entries must "
+                             "be finite, or -inf to switch an entry off")
+    return full
+
+
+def _as_tuple(name: str, arg: str, value: IntOrTuple, nd: int, minimum: int) -> tuple[int, ...]:
+    values = (value,) * nd if isinstance(value, int) else tuple(value)
+    if len(values) != nd or not all(isinstance(v, int) and v >= minimum for v in values):
+        raise InputError(f"{name}: {arg} must be an int >= {minimum} or {nd} of them, got {value!r}")
+    return values
+
+
+def _span(kernel: int, dilation: int) -> int:
+    return dilation * (kernel - 1) + 1
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Output length by torch's pooling rule (``pooling_output_shape`` in ATen)."""
+    out = (size + 2 * padding - _span(kernel, dilation) + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window must start inside the input or the left padding
+    return out
+
+
+class _Grid(NamedTuple):
+    """Where the windows are: kernel size, stride and dilation per spatial dim, and the output size."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    out: tuple[int, ...]
+
+    def span(self, i: int) -> int:
+        return _span(self.kernel[i], self.dilation[i])
+
+
+def _pad(x: Tensor, grid: _Grid, padding: tuple[int, ...], fill: float) -> Tensor:
+    """``x`` padded with ``fill``: ``padding`` on the left, on the right as far as the windows reach."""
+    pads: list[int] = []
+    for i in reversed(range(len(padding))):  # F.pad lists the last dim first
+        needed = (grid.out[i] - 1) * grid.stride[i] + grid.span(i)
+        # ceil_mode's last window may reach past the right padding
+        pads += [padding[i], max(needed - x.shape[2 + i] - padding[i], 0)]
+    return F.pad(x, pads, value=fill) if any(pads) else x
+
+
+def _windows(xp: Tensor, grid: _Grid) -> Tensor:
+    """A strided view (N, C, *out, *kernel) of the padded ``xp``; no window is copied."""
+    for i in range(len(grid.kernel)):
+        xp = xp.unfold(2 + i, grid.span(i), grid.stride[i])[..., ::grid.dilation[i]]
+        xp = xp.narrow(2 + i, 0, grid.out[i])
+    return xp
+
+
+def _reduce_in_blocks(xp: Tensor, weight: Tensor, grid: _Grid, full: bool, erode: bool,
+                      chunk_elements: int) -> Tensor:
+    """Reduce the windows against the SE, a block of (out channels, out rows, samples) at a time."""
+    n, channels, rows = xp.shape[0], weight.shape[0], grid.out[0]
+    per_row = math.prod(grid.out[1:]) * weight[0].numel()  # x + w terms of one output row, channel
+    blocks = _block_sizes((channels, rows, n), per_row, chunk_elements)
+    if blocks == (channels, rows, n):
+        return _reduce_block(_windows(xp, grid), weight, full, erode)
+    y = xp.new_empty((n, channels, *grid.out))
+    for o, r, b in itertools.product(*map(_slices, (channels, rows, n), blocks)):
+        # Each block unfolds its own slice of xp: the backward of a slice of one big window view
+        # would allocate a gradient as large as all the windows, for every block.
+        part = xp[b, :, r.start * grid.stride[0]:(r.stop - 1) * grid.stride[0] + grid.span(0)]
+        part_grid = grid._replace(out=(r.stop - r.start, *grid.out[1:]))
+        y[b, o, r] = _reduce_block(_windows(part if full else part[:, o], part_grid), weight[o], full,
+                                   erode)
+    return y
+
+
+def _block_sizes(sizes: tuple[int, ...], unit: int, budget: int) -> tuple[int, ...]:
+    """Grow blocks along ``sizes`` in order while ``unit`` times their volume fits ``budget``."""
+    blocks = []
+    for size in sizes:
+        block = min(size, max(1, budget // unit))
+        blocks.append(block)
+        unit *= block
+        budget = 0 if block < size else budget  # later dims grow only over whole earlier ones
+    return tuple(blocks)
+
+
+def _slices(size: int, block: int) -> list[slice]:
+    return [slice(start, min(start + block, size)) for start in range(0, size, block)]
+
+
+def _reduce_block(windows: Tensor, weight: Tensor, full: bool, erode: bool) -> Tensor:
+    """``max (x + w)`` (``min (x - w)``) over each window: (N, C, *out, *k) -> (N, C_out, *out)."""
+    nd = weight.dim() - (2 if full else 1)
+    if full:
+        # (N, C, *out, *k) -> (N, 1, *out, C*K): flattened channel-major, then kernel row-major.
+        terms = windows.movedim(1, 1 + nd).flatten(1 + nd).unsqueeze(1)
+    else:
+        terms = windows.flatten(2 + nd)  # (N, C, *out, K)
+    se = weight.reshape(weight.shape[0], *(1,) * nd, -1)  # (C_out, 1..., C*K or K)
+    # torch.max/min along one dim return the FIRST extreme element and send its gradient there only;
+    # torch.maximum of separate tensors would split ties, and amax would spread them evenly.
+    reduce: Callable = torch.min if erode else torch.max
+    return reduce(terms - se if erode else terms + se, dim=-1).values
+
+
+# ---------------------------------------------------------------------------------------------------
+# Modules.
+
+
+class _Morphology(nn.Module):
+    """Shared body of the four modules; subclasses set ``_nd`` and define ``forward``."""
+
+    _nd: int
+    tropical_params = ("weight",)  # an SE entry is pruned at -inf (switched off), not at 0
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: IntOrTuple = 3,
+                 stride: IntOrTuple = 1, padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                 ceil_mode: bool = False, *, device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"{name}: {arg} must be a positive int, got {value!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _as_tuple(name, "kernel_size", kernel_size, self._nd, minimum=1)
+        self.stride = _as_tuple(name, "stride", stride, self._nd, minimum=1)
+        self.padding = _as_tuple(name, "padding", padding, self._nd, minimum=0)
+        self.dilation = _as_tuple(name, "dilation", dilation, self._nd, minimum=1)
+        self.ceil_mode = bool(ceil_mode)
+        channels = (in_channels,) if out_channels is None else (out_channels, in_channels)
+        self.weight = nn.Parameter(torch.empty(*channels, *self.kernel_size, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """A flat SE plus U(-INIT_NOISE, INIT_NOISE) noise from torch's global RNG, to break ties."""
+        nn.init.uniform_(self.weight, -INIT_NOISE, INIT_NOISE)
+
+    @classmethod
+    def flat(cls, *args, **kwargs) -> "_Morphology":
+        """The same module with an all-zero SE: with ``out_channels=None``, a max (min) pooling."""
+        module = cls(*args, **kwargs)
+        nn.init.zeros_(module.weight)
+        return module
+
+    def _args(self) -> tuple:
+        return self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def extra_repr(self) -> str:
+        channels = f"{self.in_channels}" + ("" if self.out_channels is None else f", {self.out_channels}")
+        text = f"{channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if any(self.padding):
+            text += f", padding={self.padding}"
+        if any(d != 1 for d in self.dilation):
+            text += f", dilation={self.dilation}"
+        if self.ceil_mode:
+            text += ", ceil_mode=True"
+        return text
+
+
+class Dilation1d(_Morphology):
+    """Learnable max-plus dilation of (N, C, L) inputs, :func:`dilation1d` with SE ``weight``.
+
+    ``out_channels=None`` gives a per-channel SE (in_channels, k), like pooling; otherwise a full SE
+    (out_channels, in_channels, k), like a convolution. ``stride`` defaults to 1, not to the kernel size
+    as in pooling: this is a convolution-like layer. The SE starts flat (zeros) plus U(-0.01, 0.01)
+    noise from torch's global RNG (``torch.manual_seed`` controls it, as for ``nn.Conv1d``); use
+    :meth:`flat` for exact zeros.
+    """
+
+    _nd = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dilation1d(x, self.weight, *self._args())
+
+
+class Dilation2d(_Morphology):
+    """Learnable max-plus dilation of (N, C, H, W) inputs, :func:`dilation2d` with SE ``weight``.
+
+    ``out_channels=None`` gives a per-channel SE (in_channels, kh, kw), like pooling; otherwise a full
+    SE (out_channels, in_channels, kh, kw), like a convolution. ``stride`` defaults to 1, not to the
+    kernel size as in pooling: this is a convolution-like layer. The SE starts flat (zeros) plus
+    U(-0.01, 0.01) noise from torch's global RNG (``torch.manual_seed`` controls it, as for
+    ``nn.Conv2d``); ``Dilation2d.flat(c, kernel_size=k, stride=k)`` is exactly ``nn.MaxPool2d(k)``.
+    """
+
+    _nd = 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dilation2d(x, self.weight, *self._args())
+
+
+class Erosion1d(_Morphology):
+    """Learnable min-plus erosion of (N, C, L) inputs, :func:`erosion1d` with SE ``weight``.
+
+    Arguments and initialization as for :class:`Dilation1d`.
+    """
+
+    _nd = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return erosion1d(x, self.weight, *self._args())
+
+
+class Erosion2d(_Morphology):
+    """Learnable min-plus erosion of (N, C, H, W) inputs, :func:`erosion2d` with SE ``weight``.
+
+    Arguments and initialization as for :class:`Dilation2d`.
+    """
+
+    _nd = 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return erosion2d(x, self.weight, *self._args())
+
+
+# tropfx.trace keeps them as call_module nodes, for passes to rewrite and lower as units; plain
+# torch.fx tracing goes through forward and records one wrapped call_function instead.
+register_leaf(Dilation1d, Dilation2d, Erosion1d, Erosion2d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cost: one (add, max) pair per x + w term -- erosion's (sub, min) pairs count the same. Registered for
+# the modules (leaf call_module nodes) and the functions (what tracing through a module records).
+
+
+def _maxplus_cost(key, args: tuple, kwargs: dict, output: Tensor) -> dict[str, int]:
+    weight = key.weight if isinstance(key, nn.Module) else (args[1] if len(args) > 1 else kwargs["weight"])
+    return {"maxplus": output.numel() * weight[0].numel()}  # weight[0]: K, or C_in * K when full
+
+
+for _key in (Dilation1d, Dilation2d, Erosion1d, Erosion2d, dilation1d, dilation2d, erosion1d, erosion2d):
+    register_cost(_key)(_maxplus_cost)
