@@ -13,6 +13,7 @@ from torch import fx, nn
 from tropfx.folding import batchnorm_affine, fold_affine
 from tropfx.ops import OpMatch, constant_value, match_op
 from tropfx.pass_base import GraphPass, PassResult, PassStats
+from tropfx.rewrite import tensor_shape
 
 __all__ = ["FOLDABLE", "Foldable", "FuseBatchNorm", "fuse_batchnorm"]
 
@@ -44,11 +45,6 @@ _BN_RANK = {nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}  # module BNs that reject any 
 
 def _foldable(module: nn.Module) -> Foldable | None:
     return next((FOLDABLE[c] for c in type(module).__mro__ if c in FOLDABLE), None)
-
-
-def _rank(node: fx.Node) -> int | None:
-    meta = node.meta.get("tensor_meta")
-    return len(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 @dataclass(frozen=True)
@@ -147,7 +143,8 @@ def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
     out_channels = layer.weight.shape[1] * layer.groups if spec.transposed else layer.weight.shape[0]
     if mean.numel() != out_channels:
         return f"BatchNorm has {mean.numel()} channels but {name} outputs {out_channels}"
-    rank = _rank(producer) or _BN_RANK.get(type(bn.module))
+    shape = tensor_shape(producer)
+    rank = len(shape) if shape is not None else _BN_RANK.get(type(bn.module))
     if rank is None:
         return (f"the output rank of {name} is unknown; pass example_inputs so that shapes are "
                 "known (BatchNorm's channel must be the layer's output feature)")
