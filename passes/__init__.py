@@ -4,6 +4,7 @@
 >>> cm = tropfx.compile(model, passes=[tp.fuse_batchnorm()], example_inputs=(x,))
 """
 
+from tropfx.passes.cluster_channels import TropNNC, tropnnc
 from tropfx.passes.fuse_batchnorm import FuseBatchNorm, fuse_batchnorm
 from tropfx.passes.maxpool_to_dilation import MaxPoolToDilation, maxpool_to_dilation
 from tropfx.passes.prune_l1 import PruneL1, prune_l1
@@ -14,8 +15,10 @@ __all__ = [
     "MaxPoolToDilation",
     "PruneL1",
     "ReluToMaxPlus",
+    "TropNNC",
     "fuse_batchnorm",
     "maxpool_to_dilation",
     "prune_l1",
     "relu_to_maxplus",
+    "tropnnc",
 ]

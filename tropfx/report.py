@@ -57,6 +57,20 @@ def _metric(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _layer_line(layer: dict[str, Any]) -> str:
+    """``fc1: 512 -> 256 (params 401.92k -> 200.96k, MACs ..., bound 0.12)`` for per-layer rows."""
+    parts = []
+    for key in ("params", "macs"):
+        pair = layer.get(key)
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            parts.append(f"{'MACs' if key == 'macs' else key} {_si(pair[0])} -> {_si(pair[1])}")
+    if layer.get("bound") is not None:
+        parts.append(f"bound {layer['bound']:.3g}")
+    into = f" into {', '.join(layer['consumers'])}" if layer.get("consumers") else ""
+    detail = f" ({', '.join(parts)})" if parts else ""
+    return f"{layer['layer']}: {layer['n']} -> {layer['K']}{into}{detail}"
+
+
 @dataclass
 class Report:
     """What :func:`tropfx.compile` did; ``str()`` is an aligned table, ``to_dict()`` is for tools."""
@@ -108,6 +122,11 @@ class Report:
         lines = [f"tropfx report: {self.model} ({self.seconds:.2f} s{on})"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                   for row in table]
+        layers = [(r.stage, layer) for r in self.rows for layer in r.info.get("layers", ())
+                  if isinstance(layer, dict) and {"layer", "n", "K"} <= layer.keys()]
+        if layers:
+            lines.append("layers:")
+            lines += [f"  {stage}: {_layer_line(layer)}" for stage, layer in layers]
         skips = [(r.stage, s) for r in self.rows for s in r.skipped]
         if skips:
             lines.append("skipped:")

@@ -19,7 +19,10 @@ the compressed zonotopes stay close:
 * :func:`compress_iterative` -- Alg. 3: alternating minimisation of §5.2.2 from Alg. 2.
 * baselines: :func:`zonotope_kmeans`, :func:`neural_path_kmeans` (Misiakos et al. 2022, cluster
   centres), :func:`l1_structured`, :func:`random_structured`, :func:`cup`.
+* :func:`thinet` (Luo et al. 2017), the data-driven baseline, from calibration contributions.
 * non-uniform (§6, §7.5): :func:`cluster_by_threshold` + :func:`merge_clusters`.
+* :func:`rebuild`: a compressed layer from given clusters by any of the rules above (clusters
+  found on pre-fusion weights, representatives from BatchNorm-fused ones, §7.5).
 * :func:`point_to_zonotope_distance`, :func:`hausdorff_zonotopes`, :func:`theorem11_bound`.
 
 Convolutions (TropNNC §6): flatten kernels with :func:`flatten_kernels`, compress, and restore
@@ -54,6 +57,7 @@ __all__ = [
     "KMEANS_N_INIT",
     "MAX_HAUSDORFF_GENERATORS",
     "QP_SOLVERS",
+    "REBUILD_RULES",
     "CompressedLayer",
     "cluster_by_threshold",
     "compress_iterative",
@@ -68,7 +72,9 @@ __all__ = [
     "neural_path_kmeans",
     "point_to_zonotope_distance",
     "random_structured",
+    "rebuild",
     "theorem11_bound",
+    "thinet",
     "unflatten_kernels",
     "zonotope_generators",
     "zonotope_kmeans",
@@ -389,26 +395,96 @@ def compress_iterative(A: Tensor, b: Tensor, C: Tensor, K: int, seed: int = 0, n
     """
     A64, b64, C64 = _check_layer(A, b, C)
     K = _check_k(K, A64.shape[0])
+    _check_num_iter(num_iter)
+    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter)
+    return _result(*_iterate(A64, b64, C64, labels, num_iter), like=(A, b, C))
+
+
+def _check_num_iter(num_iter: object) -> None:
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 0:
         raise InputError(f"num_iter must be an int >= 0, got {num_iter!r}")
-    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter)
+
+
+def _iterate(A64: Tensor, b64: Tensor, C64: Tensor, labels: Tensor, num_iter: int,
+             ) -> tuple[Tensor, ...]:
+    """Alg. 3 from the clusters ``labels``: Alg. 2's representatives, then ``num_iter`` rounds."""
     A_t, b_t, C_t, labels = _merge_mean_sum(A64, b64, C64, labels)
     ab, ab_t = torch.cat([A64, b64[:, None]], 1), torch.cat([A_t, b_t[:, None]], 1)
-    # neurons / clusters as rows: c[i] = C_:,i, c_t[k] = C~_:,k
-    c, c_t, k = C64.T.contiguous(), C_t.T.contiguous(), len(b_t)
+    # neurons / clusters as rows: c[i] = C_:,i, c_t[k] = C~_:,k; dropped neurons (-1) are ignored
+    keep = labels >= 0
+    ab, c, lab = ab[keep], C64.T[keep].contiguous(), labels[keep]
+    c_t, k = C_t.T.contiguous(), len(b_t)
     for _ in range(num_iter):
         # C~_jk = sum_{i in I_k} C_ji <(a_i, b_i), (a~_k, b~_k)> / ||(a~_k, b~_k)||^2
         norm2 = torch.einsum("kd,kd->k", ab_t, ab_t)
-        proj = torch.einsum("id,id->i", ab, ab_t[labels])
-        new_c = _segment_sum(c * proj[:, None], labels, k) / norm2[:, None]
+        proj = torch.einsum("id,id->i", ab, ab_t[lab])
+        new_c = _segment_sum(c * proj[:, None], lab, k) / norm2[:, None]
         c_t = torch.where(norm2[:, None] > 0, new_c, c_t)
         # (a~_k, b~_k) = sum_{i in I_k} <C_:,i, C~_:,k> (a_i, b_i) / ||C~_:,k||^2
         cnorm2 = torch.einsum("km,km->k", c_t, c_t)
-        weight = torch.einsum("im,im->i", c, c_t[labels])
-        new_ab = _segment_sum(ab * weight[:, None], labels, k) / cnorm2[:, None]
+        weight = torch.einsum("im,im->i", c, c_t[lab])
+        new_ab = _segment_sum(ab * weight[:, None], lab, k) / cnorm2[:, None]
         ab_t = torch.where(cnorm2[:, None] > 0, new_ab, ab_t)
-    C_t = c_t.T
-    return _result(ab_t[:, :-1], ab_t[:, -1], C_t, labels, like=(A, b, C))
+    return ab_t[:, :-1], ab_t[:, -1], c_t.T, labels
+
+
+REBUILD_RULES = ("mean_sum", "mean_mean", "iterative", "keep", "sum_generators",
+                 "mean_generators")
+
+
+def rebuild(A: Tensor, b: Tensor, C: Tensor, labels: Tensor, rule: str = "mean_sum", *,
+            num_iter: int = 10) -> CompressedLayer:
+    """The compressed layer of given clusters, by one of the algorithms' representative rules.
+
+    Used to cluster on one set of weights and build the layer from another, as TropNNC §6 / §7.5
+    do when BatchNorm is fused layer by layer: the clusters come from the pre-fusion weights and
+    the representatives from the fused ones. ``labels[i]`` is neuron ``i``'s cluster (``-1``:
+    dropped). Rules:
+
+    * ``"mean_sum"`` -- Alg. 2 step 2 (:func:`merge_clusters`); ``"mean_mean"`` -- Neural Path
+      K-means (cluster centres); ``"iterative"`` -- Alg. 3 from these clusters;
+    * ``"keep"`` -- pruning baselines: every cluster must have exactly one neuron, kept as it is;
+    * ``"sum_generators"`` / ``"mean_generators"`` -- Alg. 1 / Zonotope K-means (one output):
+      a cluster's generators ``|c_i| (a_i, b_i)`` must share the sign of ``c_i``; its
+      representative is their sum / mean, with output weight ``+1`` or ``-1``.
+    """
+    A64, b64, C64 = _check_layer(A, b, C)
+    labels = _check_labels(labels, A64.shape[0])
+    if rule == "mean_sum":
+        out = _merge_mean_sum(A64, b64, C64, labels)
+    elif rule == "mean_mean":
+        out = _merge_mean_mean(A64, b64, C64, labels)
+    elif rule == "iterative":
+        _check_num_iter(num_iter)
+        out = _iterate(A64, b64, C64, labels, num_iter)
+    elif rule == "keep":
+        k = int(labels.max()) + 1
+        if not torch.equal(torch.bincount(labels[labels >= 0], minlength=k), torch.ones(k).long()):
+            raise InputError("rule='keep' needs one neuron per cluster (a pruning); use "
+                             "'mean_sum' for clusters of several neurons")
+        keep = torch.empty(k, dtype=torch.long)
+        keep[labels[labels >= 0]] = torch.nonzero(labels >= 0).flatten()
+        out = A64[keep], b64[keep], C64[:, keep], labels
+    elif rule in ("sum_generators", "mean_generators"):
+        if C64.shape[0] != 1:
+            raise InputError(f"rule={rule!r} is Alg. 1 (one output); C has {C64.shape[0]} rows")
+        c = C64[0]
+        labels = torch.where(c == 0, -1, labels)  # null generators contribute nothing
+        if bool((labels < 0).all()):
+            raise InputError("every output weight c_i is 0: nothing to rebuild")
+        labels = _check_labels(labels, len(c))
+        k = int(labels.max()) + 1
+        sign = _segment_sum(torch.sign(c), labels, k)
+        count = _segment_sum(torch.ones_like(c), labels, k)
+        if not bool((sign.abs() == count).all()):
+            raise InputError("Alg. 1 clusters must not mix positive and negative generators")
+        rep = _segment_sum(c.abs()[:, None] * torch.cat([A64, b64[:, None]], 1), labels, k)
+        if rule == "mean_generators":
+            rep = rep / count[:, None]
+        out = rep[:, :-1], rep[:, -1], torch.sign(sign)[None], labels
+    else:
+        raise InputError(f"rule must be one of {REBUILD_RULES}, got {rule!r}")
+    return _result(*out, like=(A, b, C))
 
 
 # --------------------------------------------------------------------------- pruning baselines
@@ -472,6 +548,48 @@ def cup(A: Tensor, b: Tensor, C: Tensor, *, K: int | None = None, threshold: flo
     keep = torch.stack([torch.nonzero(labels == k).flatten()[norms[labels == k].argmax()]
                         for k in range(int(labels.max()) + 1)])
     return _keep(A, b, C, keep)
+
+
+# --------------------------------------------------------------------------- ThiNet (data-driven)
+
+
+def thinet(A: Tensor, b: Tensor, C: Tensor, K: int, contributions: Tensor) -> CompressedLayer:
+    """ThiNet (Luo et al. 2017), the data-driven baseline of TropNNC §7: greedy channel selection
+    on calibration data, then least-squares rescaling of the kept channels.
+
+    ``contributions`` is ``(S, n)``: for ``S`` sampled entries of the next layer's
+    pre-activation output (an image, an output channel, a location), the part ``x^_c`` that
+    neuron / channel ``c`` adds to it, so that the entry is ``sum_c x^_c`` plus the bias.
+    ThiNet Alg. 1 removes, one at a time, the channel that minimises ``sum_s (sum_{c in T}
+    x^_sc)^2`` over the removed set ``T`` until ``K`` remain; Eq. 6 then rescales the kept
+    channels by ``w = argmin ||X^ 1 - X^_kept w||^2``, which multiplies their output weights.
+    Kept neurons' input weights are unchanged.
+    """
+    A64, b64, C64 = _check_layer(A, b, C)
+    n = A64.shape[0]
+    K = _check_k(K, n)
+    X = _float_matrix(contributions, "contributions", 2)
+    if X.shape[1] != n or X.shape[0] == 0:
+        raise InputError(f"contributions must be (S, n = {n}) with S >= 1 samples, got "
+                         f"{tuple(X.shape)}")
+    norms = (X * X).sum(0)
+    removed = torch.zeros(n, dtype=torch.bool)
+    r_dot = torch.zeros(n, dtype=torch.float64)  # <r, x_c> for the running residual r
+    r_norm = 0.0
+    for _ in range(n - K):
+        # ||r + x_c||^2 for every candidate c; removed ones are excluded
+        cost = r_norm + 2 * r_dot + norms
+        cost[removed] = math.inf
+        c = int(torch.argmin(cost))  # lowest index on ties
+        removed[c] = True
+        r_norm = float(cost[c])
+        r_dot += X.T @ X[:, c]
+    keep = torch.nonzero(~removed).flatten()
+    target = X.sum(1)
+    scale = torch.linalg.lstsq(X[:, keep], target[:, None], driver="gelsd").solution[:, 0]
+    labels = torch.full((n,), -1, dtype=torch.long)
+    labels[keep] = torch.arange(len(keep))
+    return _result(A64[keep], b64[keep], C64[:, keep] * scale, labels, like=(A, b, C))
 
 
 # --------------------------------------------------------------------------- non-uniform (§6, §7.5)
