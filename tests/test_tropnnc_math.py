@@ -31,7 +31,9 @@ from tropfx.tropnnc import (
     neural_path_kmeans,
     point_to_zonotope_distance,
     random_structured,
+    rebuild,
     theorem11_bound,
+    thinet,
     unflatten_kernels,
     zonotope_generators,
     zonotope_kmeans,
@@ -528,3 +530,76 @@ def test_bad_input_raises_input_error():
         point_to_zonotope_distance(torch.zeros(3, dtype=F64), torch.ones(2, 2, dtype=F64))
     with pytest.raises(InputError, match="solver"):
         hausdorff_zonotopes(A, A, solver="cvx")
+
+
+# --------------------------------------------------------------------------- rebuild, ThiNet
+
+
+@settings(max_examples=30)
+@given(layer=layers, K=st.integers(1, 6), seed=st.integers(0, 100))
+def test_rebuild_from_labels_reproduces_every_algorithm(layer, K, seed):
+    A, b, C = layer
+    K = min(K, A.shape[0])
+    for algo, rule in ((compress_multi, "mean_sum"), (neural_path_kmeans, "mean_mean")):
+        out = algo(A, b, C, K, seed)
+        again = rebuild(A, b, C, out.labels, rule)
+        for x, y in zip(out, again, strict=True):
+            torch.testing.assert_close(x, y)
+    it = compress_iterative(A, b, C, K, seed, num_iter=3)
+    again = rebuild(A, b, C, compress_multi(A, b, C, K, seed).labels, "iterative", num_iter=3)
+    for x, y in zip(it, again, strict=True):
+        torch.testing.assert_close(x, y)
+    kept = l1_structured(A, b, C, K)
+    for x, y in zip(kept, rebuild(A, b, C, kept.labels, "keep"), strict=True):
+        torch.testing.assert_close(x, y)
+    c = C[0]
+    if (c != 0).any() and K >= int((c > 0).any()) + int((c < 0).any()):
+        for algo, rule in ((compress_single, "sum_generators"), (zonotope_kmeans, "mean_generators")):
+            out = algo(A, b, c, K, seed)
+            again = rebuild(A, b, c, out.labels, rule)
+            torch.testing.assert_close(mlp(ball_points(0, A.shape[1], 1.0, 50).to(A.dtype), *again[:3]),
+                                       mlp(ball_points(0, A.shape[1], 1.0, 50).to(A.dtype), *out[:3]))
+
+
+def test_rebuild_rejects_inconsistent_clusters():
+    A, b, C = random_layer(0, 4, 2, 1)
+    with pytest.raises(InputError, match="one neuron per cluster"):
+        rebuild(A, b, C, torch.tensor([0, 0, 1, 2]), "keep")
+    C = torch.tensor([[1.0, -1.0, 1.0, 2.0]], dtype=F64)
+    with pytest.raises(InputError, match="mix positive and negative"):
+        rebuild(A, b, C, torch.tensor([0, 0, 1, 1]), "sum_generators")
+    with pytest.raises(InputError, match="rule must be one of"):
+        rebuild(A, b, C, torch.tensor([0, 0, 1, 1]), "median")
+
+
+def _naive_thinet_removal(X: torch.Tensor, K: int) -> list[int]:
+    removed: list[int] = []
+    for _ in range(X.shape[1] - K):
+        best = min((c for c in range(X.shape[1]) if c not in removed),
+                   key=lambda c: float(X[:, removed + [c]].sum(1).pow(2).sum()))
+        removed.append(best)
+    return sorted(set(range(X.shape[1])) - set(removed))
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 7), K=st.integers(1, 7))
+def test_thinet_greedy_selection_and_least_squares_scaling(seed, n, K):
+    K = min(K, n)
+    A, b, C = random_layer(seed, n, 3, 2)
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(40, n, generator=g, dtype=F64) * torch.rand(n, generator=g, dtype=F64)
+    out = thinet(A, b, C, K, X)
+    keep = torch.nonzero(out.labels >= 0).flatten()
+    assert keep.tolist() == _naive_thinet_removal(X, K)
+    torch.testing.assert_close(out.A, A[keep])
+    scale = out.C[0] / C[0, keep]
+    # the least-squares scaling is at least as good as no scaling, and optimal: residual _|_ X_keep
+    resid = X.sum(1) - X[:, keep] @ scale
+    assert resid.norm() <= (X.sum(1) - X[:, keep].sum(1)).norm() + 1e-9
+    torch.testing.assert_close(X[:, keep].T @ resid, torch.zeros(K, dtype=F64), atol=1e-8, rtol=0)
+
+
+def test_thinet_rejects_bad_contributions():
+    A, b, C = random_layer(0, 4, 2, 1)
+    with pytest.raises(InputError, match="contributions must be"):
+        thinet(A, b, C, 2, torch.zeros(5, 3, dtype=F64))
