@@ -1,6 +1,8 @@
 """Reference architectures written in this repo (torchvision is not a dependency).
 
-``resnet18`` follows He et al. 2016 (the torchvision layout: 7x7 stem, four stages of two
+``vgg16`` is the CIFAR VGG-16 with BatchNorm (Simonyan and Zisserman 2015; the variant of the
+TropNNC experiments, §7.3 / Table 4): 13 conv layers and one Linear, 14.7 M parameters at 10
+classes. ``resnet18`` follows He et al. 2016 (the torchvision layout: 7x7 stem, four stages of two
 BasicBlocks, projection shortcuts with 1x1 conv + BN), 11.7 M parameters at 1000 classes. Used by
 the compile benchmark and by tests as a realistic graph with residual adds and coupled BatchNorms.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "ResNet", "randomize_batchnorm_stats", "resnet18"]
+__all__ = ["VGG16_CONFIG", "BasicBlock", "ResNet", "VGG", "randomize_batchnorm_stats", "resnet18", "vgg16"]
 
 
 class BasicBlock(nn.Module):
@@ -61,6 +63,38 @@ class ResNet(nn.Module):
 def resnet18(num_classes: int = 1000, width: int = 64, in_channels: int = 3) -> ResNet:
     """ResNet-18 (11.7 M parameters at the defaults)."""
     return ResNet((2, 2, 2, 2), num_classes, width, in_channels)
+
+
+VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    """``features`` (conv 3x3 -> [BN] -> ReLU, "M" = 2x2 max pool), flatten, one Linear."""
+
+    def __init__(self, config: tuple = VGG16_CONFIG, num_classes: int = 10, in_channels: int = 3,
+                 batch_norm: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for v in config:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            layers.append(nn.Conv2d(cin, v, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU(inplace=True))
+            cin = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def vgg16(num_classes: int = 10, batch_norm: bool = True) -> VGG:
+    """CIFAR VGG-16 (32x32 inputs; 14.7 M parameters at 10 classes with BatchNorm)."""
+    return VGG(VGG16_CONFIG, num_classes, 3, batch_norm)
 
 
 def randomize_batchnorm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
