@@ -1,6 +1,9 @@
 """tropfx's layers: max-plus / min-plus (dense and sparse), Maxout, and morphological
 convolutions. Pure-torch reference implementations; ``tropfx.nn.functional`` has the math."""
 
+from tropfx.nn.bise import LUI, BiSE, BiSEL, BiSERegularizer, DenseLUI, LevelSetEncoder
 from tropfx.nn.maxplus import Maxout, MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus
 
-__all__ = ["MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]
+__all__ = [
+    "LUI", "BiSE", "BiSEL", "BiSERegularizer", "DenseLUI", "LevelSetEncoder",
+    "MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]
