@@ -13,6 +13,8 @@ from tropfx.ops import is_op, match_op
 from tropfx.pass_base import GraphPass, PassResult, PassStats, Skip, graph_pass
 from tropfx.pipeline import compile
 from tropfx.report import Report, StageRow
+from tropfx.serialize import load, register_serializable, save
+from tropfx.summary import Summary, summary
 from tropfx.tracing import AutoLeaf, trace
 
 __version__ = "0.1.0"
@@ -27,14 +29,19 @@ __all__ = [
     "Report",
     "Skip",
     "StageRow",
+    "Summary",
     "TracingError",
     "TropfxError",
     "VerificationError",
     "compile",
     "graph_pass",
     "is_op",
+    "load",
     "match_op",
     "passes",
     "register_cost",
+    "register_serializable",
+    "save",
+    "summary",
     "trace",
 ]
