@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ import networkx as nx
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from tqdm.auto import tqdm
 
 from tropfx import tropnnc as T
 from tropfx.errors import InputError
@@ -27,6 +25,7 @@ from tropfx.folding import batchnorm_affine, fold_affine
 from tropfx.measure import eval_mode
 from tropfx.ops import match_op
 from tropfx.pass_base import GraphPass, PassResult, PassStats
+from tropfx.progress import progress
 from tropfx.rewrite import tensor_shape
 
 __all__ = ["CHANNELWISE", "LAYERS", "METHODS", "TropNNC", "tropnnc"]
@@ -134,7 +133,8 @@ class TropNNC(GraphPass):
     row per layer: ``n -> K``, parameters and MACs before / after (MACs need example inputs),
     and the Theorem 11 bound on ``max_{||x|| <= bound_radius} ||v(x) - v~(x)||_1`` for small
     ``Linear -> ReLU -> Linear`` layers (``bound=None``: when ``n <= 10``; ``True``: always try;
-    ``False``: never).
+    ``False``: never). A progress bar shows with 8 layers or more on a terminal (``progress=True``
+    / ``False`` forces it on / off; ``TROPFX_QUIET=1`` silences it).
     """
 
     ratio: float | Mapping[str, float] | None = None
@@ -236,9 +236,10 @@ class TropNNC(GraphPass):
                                       f"include={self.include} exclude={list(self.exclude)}")
             return PassResult(gm, False, stats)
         rows, changed = [], False
-        show = self.progress if self.progress is not None else (len(groups) >= 8
-                                                                 and sys.stderr.isatty())
-        for group in tqdm(groups, desc="tropnnc", unit="layer", disable=not show):
+        quiet = None if self.progress is None else not self.progress
+        if quiet is None and len(groups) < 8:
+            quiet = True  # a bar for a handful of layers is noise
+        for group in progress(groups, desc="tropnnc", unit="layer", quiet=quiet):
             try:
                 row = self._compress(gm, group, modules)
             except _Decline as reason:

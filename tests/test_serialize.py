@@ -401,17 +401,10 @@ def test_uncompiled_user_models_are_refused_with_what_to_do():
 
 # --- torch.export ---------------------------------------------------------------------------
 
-TROPICAL_EXPORT = pytest.mark.xfail(
-    reason="core: MaxPlus / SparseMaxPlus / Dilation check their parameters with data-dependent "
-           "Python branches (check_tropical, morphology._check_tensors), which torch.export "
-           "cannot trace; skipping them under torch.compiler.is_compiling() fixes it",
-    strict=False)
-
-
 @pytest.mark.parametrize("name, passes", [
     ("smallcnn-all-exact+prune", [tp.fuse_batchnorm(), tp.prune_l1(0.5, scope="layer")]),
-    pytest.param("smallcnn-all-exact+prune", [tp.fuse_batchnorm(), tp.relu_to_maxplus(),
-                                              tp.maxpool_to_dilation()], marks=TROPICAL_EXPORT),
+    ("smallcnn-all-exact+prune", [tp.fuse_batchnorm(), tp.relu_to_maxplus(),
+                                  tp.maxpool_to_dilation()]),
 ])
 def test_torch_export_of_loaded_compiled_models_saves_and_reloads(name, passes):
     model, inputs, _ = CASES[name]

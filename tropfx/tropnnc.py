@@ -44,10 +44,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.cluster import hierarchy
-from scipy.optimize import lsq_linear
-from sklearn.cluster import KMeans, kmeans_plusplus
-from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from tropfx.errors import InputError
@@ -198,6 +194,10 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
     n = X.shape[0]
     if k >= n:
         return torch.arange(n)
+    # imported here: scikit-learn takes seconds to import, and `import tropfx` must stay fast
+    from sklearn.cluster import KMeans, kmeans_plusplus
+    from sklearn.exceptions import ConvergenceWarning
+
     x = X.detach().to("cpu", torch.float64).numpy()
     rng = np.random.default_rng(seed)
     seeding = x
@@ -604,6 +604,8 @@ def _nonnegative(x: object, name: str) -> float:
 def _hierarchical(vectors: Tensor, method: str, t: float, criterion: str) -> Tensor:
     if len(vectors) == 1:
         return torch.zeros(1, dtype=torch.long)
+    from scipy.cluster import hierarchy  # lazy: keeps `import tropfx` fast
+
     try:
         Z = hierarchy.linkage(vectors.numpy(), method=method)
     except ValueError as e:
@@ -711,6 +713,8 @@ class _ZonotopeDistance:
         if len(self.G) == 0:
             return float(np.linalg.norm(p))
         if self.solver == "bvls":
+            from scipy.optimize import lsq_linear  # lazy: keeps `import tropfx` fast
+
             lam = lsq_linear(self.G.T, p, bounds=(0.0, 1.0), method="bvls", tol=1e-12).x
         else:
             self.osqp.update(q=-(self.G @ p))

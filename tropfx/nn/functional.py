@@ -38,7 +38,10 @@ CHUNK_ELEMENTS = 1 << 22  # at most 16 MiB of float32 temporaries per chunk
 def check_tropical(weight: Tensor, bias: Tensor | None, *, name: str = "max-plus layer") -> None:
     """Reject parameters a max-plus layer cannot use: NaN or +inf entries, and rows that can
     never be finite (every weight -inf and no finite bias), which would silently yield -inf and
-    then NaN downstream."""
+    then NaN downstream. Skipped while torch.compile / torch.export trace the model: the checks
+    branch on tensor values, and the eager model has been checked already."""
+    if torch.compiler.is_compiling():
+        return
     if torch.isnan(weight).any() or (bias is not None and torch.isnan(bias).any()):
         raise ParameterError(f"{name} has NaN weights; training diverged or the checkpoint is "
                              "corrupt")

@@ -183,8 +183,9 @@ def _check_tensors(name: str, x: Tensor, weight: Tensor, nd: int) -> bool:
                          f"{form} = {channels}")
     if weight.numel() == 0:
         raise InputError(f"{name}: weight {tuple(weight.shape)} is empty")
-    # +inf in the SE meets the infinite padding (or an -inf input) and makes NaN.
-    if bool(torch.isnan(weight).any() | torch.isposinf(weight).any()):
+    # +inf in the SE meets the infinite padding (or an -inf input) and makes NaN. A value check:
+    # skipped while torch.compile / torch.export trace (it would be a data-dependent branch).
+    if not torch.compiler.is_compiling() and bool(torch.isnan(weight).any() | torch.isposinf(weight).any()):
         raise ParameterError(f"{name}: the structuring element holds NaN or +inf; its entries must "
                              "be finite, or -inf to switch an entry off")
     return full
