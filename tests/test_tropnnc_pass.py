@@ -251,7 +251,7 @@ def duplicated_models(draw):
     return dup, x
 
 
-@settings(max_examples=60)
+@settings(max_examples=30)
 @given(data=duplicated_models(), method=st.sampled_from(["multi", "iterative"]),
        batchnorm=st.sampled_from(["prefusion", "fuse"]))
 def test_merging_duplicated_neurons_is_exact(data, method, batchnorm):
