@@ -129,7 +129,8 @@ class TropNNC(GraphPass):
 
     ``include`` / ``exclude`` are globs on the producer's module name (``"features.*"``);
     ``ratio`` may be a mapping ``{glob: ratio}`` (first match wins; unmatched layers are kept).
-    ``ratio=1`` is an exact identity. Deterministic for a ``seed``. ``info["layers"]`` has one
+    ``ratio=1`` is an exact identity. Deterministic for a ``seed``; ``restarts`` K-means runs
+    (seeds ``seed, seed + 1, ...``) keep the clustering of least inertia. ``info["layers"]`` has one
     row per layer: ``n -> K``, parameters and MACs before / after (MACs need example inputs),
     and the Theorem 11 bound on ``max_{||x|| <= bound_radius} ||v(x) - v~(x)||_1`` for small
     ``Linear -> ReLU -> Linear`` layers (``bound=None``: when ``n <= 10``; ``True``: always try;
@@ -146,6 +147,7 @@ class TropNNC(GraphPass):
     seed: int = 0
     batchnorm: str = "prefusion"
     num_iter: int = 10
+    restarts: int = 1
     calibration: tuple | None = None
     calibration_samples: int = 4096
     bound: bool | None = None
@@ -188,6 +190,8 @@ class TropNNC(GraphPass):
                                  "with a small batch of real inputs")
         if isinstance(self.num_iter, bool) or not isinstance(self.num_iter, int) or self.num_iter < 0:
             raise InputError(f"{where}: num_iter={self.num_iter!r} must be an int >= 0")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
+            raise InputError(f"{where}: restarts={self.restarts!r} must be an int >= 1")
 
     def _ratios(self) -> list[tuple[str, float]]:
         if isinstance(self.ratio, Mapping):
@@ -321,16 +325,15 @@ class TropNNC(GraphPass):
 
     def _labels(self, A: Tensor, b: Tensor, C: Tensor, K: int) -> Tensor:
         seed, m = self.seed, self.method
-        if m == "multi":
-            return T.compress_multi(A, b, C, K, seed).labels
-        if m == "iterative":  # its clusters are Alg. 2's; rebuild() runs the iterations
-            return T.compress_multi(A, b, C, K, seed).labels
+        if m in ("multi", "iterative", "neural_path_kmeans"):
+            # Alg. 2 step 1 (Alg. 3 starts from its clusters; Neural Path K-means shares them)
+            vectors = torch.cat([A.reshape(len(b), -1), b[:, None], C.T], 1)
+            T._check_layer(A.reshape(len(b), -1), b, C)  # finite weights, consistent shapes
+            return T.kmeans_labels(vectors.double(), K, seed, n_init=self.restarts)
         if m == "single":
             return T.compress_single(A, b, C, K, seed).labels
         if m == "zonotope_kmeans":
             return T.zonotope_kmeans(A, b, C, K, seed).labels
-        if m == "neural_path_kmeans":
-            return T.neural_path_kmeans(A, b, C, K, seed).labels
         if m == "l1":
             return T.l1_structured(A, b, C, K).labels
         if m == "random":
@@ -355,7 +358,8 @@ class TropNNC(GraphPass):
 def tropnnc(ratio: float | Mapping[str, float] | None = None, method: str = "multi", *,
             nonuniform: str | None = None, threshold: float | None = None,
             include: Sequence[str] | None = None, exclude: Sequence[str] = (), seed: int = 0,
-            batchnorm: str = "prefusion", num_iter: int = 10, calibration: Any = None,
+            batchnorm: str = "prefusion", num_iter: int = 10, restarts: int = 1,
+            calibration: Any = None,
             calibration_samples: int = 4096, bound: bool | None = None,
             bound_radius: float = 1.0, progress: bool | None = None) -> TropNNC:
     """The ``tropnnc`` pass (see :class:`TropNNC`).
@@ -368,8 +372,8 @@ def tropnnc(ratio: float | Mapping[str, float] | None = None, method: str = "mul
         raise InputError("tropnnc: include / exclude are lists of globs, e.g. include=['fc.*']")
     return TropNNC(ratio, method, nonuniform, threshold,
                    tuple(include) if include is not None else None, tuple(exclude), seed,
-                   batchnorm, num_iter, calibration, calibration_samples, bound, bound_radius,
-                   progress)
+                   batchnorm, num_iter, restarts, calibration, calibration_samples, bound,
+                   bound_radius, progress)
 
 
 # ---------------------------------------------------------------------- group discovery

@@ -371,6 +371,7 @@ def test_flatten_without_example_inputs_is_skipped_with_the_reason():
     ({"ratio": 0.5, "method": "thinet"}, "calibration"),
     ({"ratio": 0.5, "batchnorm": "after"}, "'prefusion' or 'fuse'"),
     ({"ratio": 0.5, "include": "fc1"}, "lists of globs"),
+    ({"ratio": 0.5, "restarts": 0}, "restarts=0"),
 ])
 def test_bad_options_raise_input_errors(kwargs, message):
     with pytest.raises(InputError, match=None) as err:
@@ -391,3 +392,19 @@ def test_progress_bar_can_be_forced(capsys):
     tropfx.compile(lenet(), [tp.tropnnc(ratio=0.5, progress=True)],
                    example_inputs=(torch.randn(2, 1, 12, 12),))
     assert "tropnnc" in capsys.readouterr().err
+
+
+def test_kmeans_restarts_never_increase_the_inertia():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 5, generator=g, dtype=torch.float64)
+
+    def inertia(labels):
+        return sum(float(((X[labels == k] - X[labels == k].mean(0)) ** 2).sum())
+                   for k in range(int(labels.max()) + 1))
+
+    one = T.kmeans_labels(X, 8, seed=3)
+    assert torch.equal(one, T.kmeans_labels(X, 8, seed=3, n_init=1))
+    assert inertia(T.kmeans_labels(X, 8, seed=3, n_init=5)) <= inertia(one) + 1e-9
+    cm = tropfx.compile(mlp(), [tp.tropnnc(ratio=0.5, restarts=3)],
+                        example_inputs=(torch.randn(2, 12),))
+    assert cm.get_submodule("0").out_features == 8

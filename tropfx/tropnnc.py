@@ -183,14 +183,18 @@ def zonotope_generators(A: Tensor, b: Tensor, C: Tensor) -> list[tuple[Tensor, T
 # --------------------------------------------------------------------------- clustering
 
 
-def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MAX_ITER) -> Tensor:
+def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MAX_ITER,
+                  n_init: int = KMEANS_N_INIT) -> Tensor:
     """Cluster labels ``0..k'-1`` (``k' <= k``) of the rows of ``X`` by K-means.
 
-    sklearn ``KMeans(n_init=KMEANS_N_INIT, random_state=seed)`` seeded by k-means++ (on a random
-    projection when the rows are long, see ``_SEEDING_DIM``). ``k >= len(X)`` puts every row in
-    its own cluster without running K-means. Fewer than ``k`` clusters come back when ``X`` has
-    fewer than ``k`` distinct rows (sklearn then leaves clusters empty; labels are compacted).
+    sklearn ``KMeans`` seeded by k-means++ (on a random projection when the rows are long, see
+    ``_SEEDING_DIM``); ``n_init`` restarts with seeds ``seed, seed + 1, ...`` keep the clustering
+    of least inertia. ``k >= len(X)`` puts every row in its own cluster without running K-means.
+    Fewer than ``k`` clusters come back when ``X`` has fewer than ``k`` distinct rows (sklearn
+    then leaves clusters empty; labels are compacted).
     """
+    if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
+        raise InputError(f"n_init must be an int >= 1 (K-means restarts), got {n_init!r}")
     n = X.shape[0]
     if k >= n:
         return torch.arange(n)
@@ -199,17 +203,19 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
     from sklearn.exceptions import ConvergenceWarning
 
     x = X.detach().to("cpu", torch.float64).numpy()
-    rng = np.random.default_rng(seed)
-    seeding = x
-    if x.shape[1] > _SEEDING_DIM:
-        seeding = x @ rng.standard_normal((x.shape[1], _SEEDING_DIM))
-    with warnings.catch_warnings():
-        # duplicate rows: fewer distinct clusters than k; handled by compacting the labels
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        _, first = kmeans_plusplus(seeding, k, random_state=seed)
-        km = KMeans(k, init=x[first], n_init=KMEANS_N_INIT, max_iter=max_iter, random_state=seed)
-        labels = km.fit_predict(x)
-    return torch.unique(torch.from_numpy(labels).long(), return_inverse=True)[1]
+    best = None
+    for s in range(seed, seed + n_init):
+        seeding = x
+        if x.shape[1] > _SEEDING_DIM:
+            seeding = x @ np.random.default_rng(s).standard_normal((x.shape[1], _SEEDING_DIM))
+        with warnings.catch_warnings():
+            # duplicate rows: fewer distinct clusters than k; handled by compacting the labels
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            _, first = kmeans_plusplus(seeding, k, random_state=s)
+            km = KMeans(k, init=x[first], n_init=1, max_iter=max_iter, random_state=s).fit(x)
+        if best is None or km.inertia_ < best.inertia_:
+            best = km
+    return torch.unique(torch.from_numpy(best.labels_).long(), return_inverse=True)[1]
 
 
 def _segment_sum(values: Tensor, labels: Tensor, k: int) -> Tensor:
