@@ -1,0 +1,561 @@
+// Dense and sparse max-plus (min-plus) products: torch-free kernels on raw pointers.
+//
+// Semantics (tropfx.nn.functional, which these match bit for bit):
+//   dense:  y[b, o] = max(max_k x[b, k] + w[o, k], bias[o]); argmax[b, o] = the first maximal k,
+//           or -1 when the bias wins (it wins ties; a NaN bias never wins: ``bias >= y`` is false);
+//   sparse: y[n, o, s] = max(bias[o], max_j x[n, index[o, j], s] + value[o, j]); the bias comes
+//           first, so it wins ties, and a NaN bias is the result (torch.max's first NaN);
+//   a NaN term wins the max (the first NaN, as torch.max); min-plus is computed as the reference
+//   does, -maxplus(-x, -w, -bias), which differs from a direct min only in the sign of zeros.
+//
+// The dense product is a GEMM on the (max, +) semiring: weights are packed in panels of NR
+// outputs, an MR x NR tile of maxima lives in vector registers, and x entries are broadcast.
+// The argmax costs little: the tile tracks only which block of KB inputs held each maximum, and
+// the first maximal input of that block is found again at the end (a scan of KB terms).
+// Rows of x holding NaN or +inf (and weights holding them) take an exact scalar path instead,
+// since vmaxps-style maxima do not propagate NaN.
+//
+// Threading is the caller's: every function works on a range (rows, panels or outputs) and the
+// torch binding splits ranges with at::parallel_for.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "semantics.h"
+#include "simd.h"
+
+namespace tropfx {
+
+template <typename T>
+struct DenseArgs {
+  const T* x;     // (B, K)
+  const T* w;     // (M, K)
+  const T* bias;  // (M) or nullptr
+  T* y;           // (B, M)
+  int32_t* arg;   // (B, M) or nullptr when no argmax is wanted
+  int64_t B, K, M;
+  bool minplus;
+};
+
+template <typename T>
+struct DenseTiling {
+  static constexpr int L = Simd<T>::L;
+  static constexpr int MR = 6;        // rows of x per register tile (6 x 2 vectors: 12 of the 16
+  static constexpr int NV = 2;        // AVX2 registers hold maxima; measured best on Zen 3)
+  static constexpr int NR = NV * L;   // outputs per panel
+  static constexpr int KB = 8;        // argmax block: the tile remembers the block, not the input
+  static constexpr int64_t MB = 48;   // rows of x per task (a multiple of MR)
+  static int64_t panels(int64_t M) { return (M + NR - 1) / NR; }
+};
+
+template <typename T>
+inline T signed_(T v, bool neg) {
+  return neg ? -v : v;
+}
+
+// Pack panels [p0, p1) of c = +-w as (panel, K, NR), outputs past M set to -inf. Returns false if
+// some c is NaN or +inf (then every row takes the exact path).
+template <typename T>
+bool dense_pack(const DenseArgs<T>& a, T* packed, int64_t p0, int64_t p1) {
+  constexpr int NR = DenseTiling<T>::NR;
+  bool clean = true;
+  for (int64_t p = p0; p < p1; ++p) {
+    T* dst = packed + p * a.K * NR;
+    for (int l = 0; l < NR; ++l) {
+      const int64_t o = p * NR + l;
+      if (o < a.M) {
+        const T* src = a.w + o * a.K;
+        for (int64_t k = 0; k < a.K; ++k) {
+          const T c = signed_(src[k], a.minplus);
+          clean &= !spoils_max(c);
+          dst[k * NR + l] = c;
+        }
+      } else {
+        for (int64_t k = 0; k < a.K; ++k) dst[k * NR + l] = -kInf<T>;
+      }
+    }
+  }
+  return clean;
+}
+
+// R rows of ``rows`` (stride K) against one panel; per lane: the maximum, and with Arg the index
+// of the first block of KB inputs that reached it.
+template <typename T, int R, bool Arg>
+inline void dense_tile(const T* rows, int64_t K, const T* panel, T* best, int32_t* block) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, NV = DenseTiling<T>::NV, NR = DenseTiling<T>::NR;
+  constexpr int KB = DenseTiling<T>::KB;
+  const V ninf = splat<V>(-kInf<T>);
+  V acc[R][NV];
+  if constexpr (!Arg) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = ninf;
+    for (int64_t k = 0; k < K; ++k) {
+      V wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = loadu<V>(panel + k * NR + v * L);
+      for (int r = 0; r < R; ++r) {
+        const V xb = splat<V>(rows[r * K + k]);
+        for (int v = 0; v < NV; ++v) {
+          const V t = xb + wv[v];
+          acc[r][v] = t > acc[r][v] ? t : acc[r][v];  // keeps the first of equal values
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) storeu(best + r * NR + v * L, acc[r][v]);
+  } else {
+    V top[R][NV];
+    M top_block[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) {
+        top[r][v] = ninf;
+        top_block[r][v] = splat<M>(0);
+      }
+    int32_t b = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += KB, ++b) {
+      const int64_t k1 = std::min<int64_t>(K, k0 + KB);
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = ninf;
+      for (int64_t k = k0; k < k1; ++k) {
+        V wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = loadu<V>(panel + k * NR + v * L);
+        for (int r = 0; r < R; ++r) {
+          const V xb = splat<V>(rows[r * K + k]);
+          for (int v = 0; v < NV; ++v) {
+            const V t = xb + wv[v];
+            acc[r][v] = t > acc[r][v] ? t : acc[r][v];
+          }
+        }
+      }
+      const M bv = splat<M>(b);
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) {
+          const M m = acc[r][v] > top[r][v];  // strictly: the first block with the maximum
+          top[r][v] = m ? acc[r][v] : top[r][v];
+          top_block[r][v] = m ? bv : top_block[r][v];
+        }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) {
+        storeu(best + r * NR + v * L, top[r][v]);
+        for (int l = 0; l < L; ++l) block[r * NR + v * L + l] = int32_t(top_block[r][v][l]);
+      }
+  }
+}
+
+// A tile of ``rows_in_tile`` <= R rows: the register tile of exactly that many rows.
+template <typename T, bool Arg, int R = DenseTiling<T>::MR>
+inline void dense_tile_rows(int rows_in_tile, const T* rows, int64_t K, const T* panel, T* best,
+                            int32_t* block) {
+  if constexpr (R > 1) {
+    if (rows_in_tile < R) return dense_tile_rows<T, Arg, R - 1>(rows_in_tile, rows, K, panel, best, block);
+  }
+  dense_tile<T, R, Arg>(rows, K, panel, best, block);
+}
+
+// The bias (it wins ties, never when NaN), the sign of min-plus, and the stores.
+template <typename T>
+inline void dense_finish(const DenseArgs<T>& a, int64_t row, int64_t o, T best, int32_t arg) {
+  if (a.bias != nullptr) {
+    const T e = signed_(a.bias[o], a.minplus);
+    if (e >= best) {
+      best = e;
+      arg = -1;
+    }
+  }
+  a.y[row * a.M + o] = signed_(best, a.minplus);
+  if (a.arg != nullptr) a.arg[row * a.M + o] = arg;
+}
+
+// Torch's reduction literally: the exact path for rows (or weights) with NaN or +inf.
+template <typename T>
+inline void dense_exact(const DenseArgs<T>& a, int64_t row, int64_t o) {
+  const T* xr = a.x + row * a.K;
+  const T* wr = a.w + o * a.K;
+  const bool n = a.minplus;
+  T best = signed_(xr[0], n) + signed_(wr[0], n);
+  int32_t arg = 0;
+  for (int64_t k = 1; k < a.K && !is_nan(best); ++k)
+    extreme_step<false>(signed_(xr[k], n) + signed_(wr[k], n), int32_t(k), best, arg);
+  dense_finish(a, row, o, best, arg);
+}
+
+// Rows [r0, r1) against panels [p0, p1) of the packed weights.
+template <typename T>
+void dense_forward(const DenseArgs<T>& a, const T* packed, bool weights_clean, int64_t r0,
+                   int64_t r1, int64_t p0, int64_t p1) {
+  constexpr int MR = DenseTiling<T>::MR, NR = DenseTiling<T>::NR, KB = DenseTiling<T>::KB;
+  const int64_t K = a.K;
+  std::vector<T> rows;  // +-x of the clean rows, contiguous
+  std::vector<int64_t> clean, spoiled;
+  rows.reserve((r1 - r0) * K);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = a.x + r * K;
+    bool ok = weights_clean;
+    const size_t at = rows.size();
+    rows.resize(at + K);
+    for (int64_t k = 0; k < K; ++k) {
+      const T v = signed_(xr[k], a.minplus);
+      ok &= !spoils_max(v);
+      rows[at + k] = v;
+    }
+    if (ok) {
+      clean.push_back(r);
+    } else {
+      rows.resize(at);
+      spoiled.push_back(r);
+    }
+  }
+  const bool want_arg = a.arg != nullptr;
+  T best[MR * NR];
+  int32_t block[MR * NR];
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* panel = packed + p * K * NR;
+    const int lanes = int(std::min<int64_t>(NR, a.M - p * NR));
+    for (size_t t = 0; t < clean.size(); t += MR) {
+      const int rt = int(std::min<size_t>(MR, clean.size() - t));
+      const T* tile_rows = rows.data() + t * K;
+      if (want_arg)
+        dense_tile_rows<T, true>(rt, tile_rows, K, panel, best, block);
+      else
+        dense_tile_rows<T, false>(rt, tile_rows, K, panel, best, block);
+      for (int r = 0; r < rt; ++r) {
+        const T* xr = tile_rows + r * K;
+        for (int l = 0; l < lanes; ++l) {
+          const int64_t o = p * NR + l;
+          const T m = best[r * NR + l];
+          int32_t arg = 0;
+          if (want_arg) {  // the first input of the winning block that reaches the maximum
+            const int64_t k0 = int64_t(block[r * NR + l]) * KB, k1 = std::min<int64_t>(K, k0 + KB);
+            const T* c = panel + l;  // the c the tile added, hot in cache
+            int64_t first = k1;
+            for (int64_t k = k1 - 1; k >= k0; --k)
+              first = xr[k] + c[k * NR] == m ? k : first;
+            arg = int32_t(first < k1 ? first : k0);
+          }
+          dense_finish(a, clean[t + r], o, m, arg);
+        }
+      }
+    }
+    for (int64_t r : spoiled)
+      for (int l = 0; l < lanes; ++l) dense_exact(a, r, p * NR + l);
+  }
+}
+
+// grad_x rows [r0, r1): the scatter of grad_y over the saved argmax, outputs in increasing order
+// (the order of the reference's scatter_add_, so sums round identically). grad_x is zero-filled.
+template <typename T>
+void dense_backward_input(const T* g, const int32_t* arg, T* gx, int64_t K, int64_t M, bool minplus,
+                          int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* out = gx + r * K;
+    const T* gr = g + r * M;
+    const int32_t* ar = arg + r * M;
+    for (int64_t o = 0; o < M; ++o)
+      if (ar[o] >= 0) out[ar[o]] += signed_(gr[o], minplus);
+    if (minplus)
+      for (int64_t k = 0; k < K; ++k) out[k] = -out[k];
+  }
+}
+
+// grad_w (and grad_bias) of outputs [o0, o1), batch rows in increasing order (the reference's
+// index_add_ order). Both are zero-filled.
+template <typename T>
+void dense_backward_weight(const T* g, const int32_t* arg, T* gw, T* gb, int64_t B, int64_t K,
+                           int64_t M, bool minplus, int64_t o0, int64_t o1) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* gr = g + b * M;
+    const int32_t* ar = arg + b * M;
+    for (int64_t o = o0; o < o1; ++o) {
+      const T v = signed_(gr[o], minplus);
+      if (ar[o] >= 0)
+        gw[o * K + ar[o]] += v;
+      else if (gb != nullptr)
+        gb[o] += v;
+    }
+  }
+  if (minplus) {
+    for (int64_t i = o0 * K; i < o1 * K; ++i) gw[i] = -gw[i];
+    if (gb != nullptr)
+      for (int64_t o = o0; o < o1; ++o) gb[o] = -gb[o];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Sparse: x viewed as (outer, in, inner); the product runs along ``in``.
+
+template <typename T>
+struct SparseArgs {
+  const T* x;             // (outer, in, inner)
+  const int64_t* index;   // (out, k), entries in [0, in)
+  const T* value;         // (out, k)
+  const T* bias;          // (out) or nullptr
+  T* y;                   // (outer, out, inner)
+  int32_t* arg;           // (outer, out, inner) or nullptr: j, or -1 for the bias
+  int64_t outer, in, inner, out, k;
+  bool minplus;
+};
+
+// One output of one row (inner == 1), torch's reduction literally (rows with NaN or +inf).
+template <typename T>
+inline void sparse_exact(const SparseArgs<T>& a, const T* xr, int64_t o, T& best_out,
+                         int32_t& arg_out) {
+  const bool n = a.minplus;
+  const int64_t* idx = a.index + o * a.k;
+  const T* val = a.value + o * a.k;
+  T best;
+  int32_t arg;
+  int64_t j = 0;
+  if (a.bias != nullptr) {
+    best = signed_(a.bias[o], n);
+    arg = -1;
+  } else {
+    best = signed_(xr[idx[0]], n) + signed_(val[0], n);
+    arg = 0;
+    j = 1;
+  }
+  for (; j < a.k && !is_nan(best); ++j)
+    extreme_step<false>(signed_(xr[idx[j]], n) + signed_(val[j], n), int32_t(j), best, arg);
+  best_out = signed_(best, n);
+  arg_out = arg;
+}
+
+constexpr int kSparseRows = 4;  // rows per pass over the outputs: index and value loads amortized
+
+// kSparseRows clean rows (no NaN term can arise: ordered comparisons; a NaN bias stays, as
+// ``v > NaN`` is false) against outputs [0, out). ``idx`` / ``val``: int32 indices and +-values.
+template <typename T, bool Neg, bool Arg, int KK>  // KK: k known at compile time (small k), or 0
+void sparse_clean_rows(const SparseArgs<T>& a, const int32_t* __restrict idx,
+                       const T* __restrict val, const T* __restrict bias, const int64_t* rows) {
+  constexpr int RB = kSparseRows;
+  const T* __restrict xr[RB];
+  T* __restrict yr[RB];
+  int32_t* __restrict ar[RB];
+  for (int r = 0; r < RB; ++r) {
+    xr[r] = a.x + rows[r] * a.in;
+    yr[r] = a.y + rows[r] * a.out;
+    ar[r] = Arg ? a.arg + rows[r] * a.out : nullptr;
+  }
+  const int64_t k = KK > 0 ? KK : a.k, out = a.out;
+  for (int64_t o = 0; o < out; ++o) {
+    const int32_t* io = idx + o * k;
+    const T* vo = val + o * k;
+    T best[RB];
+    int32_t arg[RB];
+    int64_t j = 0;
+    if (bias != nullptr) {
+      for (int r = 0; r < RB; ++r) {
+        best[r] = bias[o];
+        arg[r] = -1;
+      }
+    } else {
+      for (int r = 0; r < RB; ++r) {
+        best[r] = (Neg ? -xr[r][io[0]] : xr[r][io[0]]) + vo[0];
+        arg[r] = 0;
+      }
+      j = 1;
+    }
+    for (; j < k; ++j) {
+      const int32_t i = io[j];
+      const T c = vo[j];
+      for (int r = 0; r < RB; ++r) {  // branch-free: the data decide, a branch would mispredict
+        const T v = (Neg ? -xr[r][i] : xr[r][i]) + c;
+        if constexpr (Arg) {
+          const int32_t take = -int32_t(v > best[r]);
+          arg[r] = (int32_t(j) & take) | (arg[r] & ~take);
+        }
+        best[r] = v > best[r] ? v : best[r];  // maxss
+      }
+    }
+    for (int r = 0; r < RB; ++r) {
+      yr[r][o] = Neg ? -best[r] : best[r];
+      if constexpr (Arg) ar[r][o] = arg[r];
+    }
+  }
+}
+
+// Rows [r0, r1) of the inner == 1 layout (the product along the last dim). ``idx`` / ``val`` /
+// ``bias``: the int32 indices, and the values and bias with the sign of min-plus applied.
+template <typename T>
+void sparse_forward_rows(const SparseArgs<T>& a, const int32_t* idx, const T* val, const T* bias,
+                         bool values_clean, int64_t r0, int64_t r1) {
+  constexpr int RB = kSparseRows;
+  std::vector<int64_t> clean;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = a.x + r * a.in;
+    bool ok = values_clean;  // branch-free scan (vectorized): no NaN, no +inf in +-x
+    if (a.minplus)
+      for (int64_t i = 0; i < a.in; ++i) ok &= xr[i] > -kInf<T>;
+    else
+      for (int64_t i = 0; i < a.in; ++i) ok &= xr[i] < kInf<T>;
+    if (ok) {
+      clean.push_back(r);
+      continue;
+    }
+    for (int64_t o = 0; o < a.out; ++o) {
+      T v;
+      int32_t arg;
+      sparse_exact(a, xr, o, v, arg);
+      a.y[r * a.out + o] = v;
+      if (a.arg != nullptr) a.arg[r * a.out + o] = arg;
+    }
+  }
+  while (clean.size() % RB) clean.push_back(clean.back());  // a repeated row computes the same
+  using Fn = void (*)(const SparseArgs<T>&, const int32_t*, const T*, const T*, const int64_t*);
+#define TROPFX_SPARSE_ROW(NEG, ARG)                                                                  \
+  {sparse_clean_rows<T, NEG, ARG, 0>, sparse_clean_rows<T, NEG, ARG, 1>,                           \
+   sparse_clean_rows<T, NEG, ARG, 2>, sparse_clean_rows<T, NEG, ARG, 3>,                           \
+   sparse_clean_rows<T, NEG, ARG, 4>}
+  static constexpr Fn fns[2][2][5] = {{TROPFX_SPARSE_ROW(false, false), TROPFX_SPARSE_ROW(false, true)},
+                                      {TROPFX_SPARSE_ROW(true, false), TROPFX_SPARSE_ROW(true, true)}};
+#undef TROPFX_SPARSE_ROW
+  const Fn fn = fns[a.minplus][a.arg != nullptr][a.k <= 4 ? a.k : 0];
+  for (size_t t = 0; t < clean.size(); t += RB) fn(a, idx, val, bias, clean.data() + t);
+}
+
+// Pairs (n, o) in [t0, t1) of the inner > 1 layout, vectorized along inner (NaN-aware masks).
+template <typename T>
+void sparse_forward_inner(const SparseArgs<T>& a, int64_t t0, int64_t t1) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L;
+  const bool n = a.minplus;
+  const int64_t inner = a.inner;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t b = t / a.out, o = t % a.out;
+    const int64_t* idx = a.index + o * a.k;
+    const T* val = a.value + o * a.k;
+    const T* xb = a.x + b * a.in * inner;
+    T* yr = a.y + t * inner;
+    int32_t* ar = a.arg != nullptr ? a.arg + t * inner : nullptr;
+    int64_t s = 0;
+    for (; s + L <= inner; s += L) {
+      V best;
+      M arg;
+      int64_t j = 0;
+      if (a.bias != nullptr) {
+        best = splat<V>(signed_(a.bias[o], n));
+        arg = splat<M>(-1);
+      } else {
+        best = loadu<V>(xb + idx[0] * inner + s);
+        best = (n ? -best : best) + splat<V>(signed_(val[0], n));
+        arg = splat<M>(0);
+        j = 1;
+      }
+      for (; j < a.k; ++j) {
+        V v = loadu<V>(xb + idx[j] * inner + s);
+        v = (n ? -v : v) + splat<V>(signed_(val[j], n));
+        const M m = ~(v <= best) & (best == best);  // extreme_step, lane-wise
+        best = m ? v : best;
+        arg = m ? splat<M>(j) : arg;
+      }
+      storeu(yr + s, n ? -best : best);
+      if (ar != nullptr)
+        for (int l = 0; l < L; ++l) ar[s + l] = int32_t(arg[l]);
+    }
+    for (; s < inner; ++s) {  // the tail, scalar
+      T best;
+      int32_t arg;
+      int64_t j = 0;
+      if (a.bias != nullptr) {
+        best = signed_(a.bias[o], n);
+        arg = -1;
+      } else {
+        best = signed_(xb[idx[0] * inner + s], n) + signed_(val[0], n);
+        arg = 0;
+        j = 1;
+      }
+      for (; j < a.k && !is_nan(best); ++j)
+        extreme_step<false>(signed_(xb[idx[j] * inner + s], n) + signed_(val[j], n), int32_t(j),
+                            best, arg);
+      yr[s] = signed_(best, n);
+      if (ar != nullptr) ar[s] = arg;
+    }
+  }
+}
+
+// grad_x for outer rows [n0, n1) and inner positions [s0, s1): outputs in increasing order per
+// destination (the reference's index_add_ order). grad_x is zero-filled.
+template <typename T>
+void sparse_backward_input(const T* g, const int32_t* arg, const int64_t* index, T* gx,
+                           int64_t in, int64_t inner, int64_t out, int64_t k, bool minplus,
+                           int64_t n0, int64_t n1, int64_t s0, int64_t s1) {
+  for (int64_t b = n0; b < n1; ++b) {
+    T* gxb = gx + b * in * inner;
+    for (int64_t o = 0; o < out; ++o) {
+      const T* gr = g + (b * out + o) * inner;
+      const int32_t* ar = arg + (b * out + o) * inner;
+      const int64_t* idx = index + o * k;
+      for (int64_t s = s0; s < s1; ++s)
+        if (ar[s] >= 0) gxb[idx[ar[s]] * inner + s] += signed_(gr[s], minplus);
+    }
+    if (minplus)
+      for (int64_t i = 0; i < in; ++i)
+        for (int64_t s = s0; s < s1; ++s) gxb[i * inner + s] = -gxb[i * inner + s];
+  }
+}
+
+// grad_value and grad_bias of outputs [o0, o1), summed over (outer, inner) in order. Zero-filled.
+template <typename T>
+void sparse_backward_value(const T* g, const int32_t* arg, T* gv, T* gb, int64_t outer,
+                           int64_t inner, int64_t out, int64_t k, bool minplus, int64_t o0,
+                           int64_t o1) {
+  for (int64_t o = o0; o < o1; ++o) {
+    T* gvo = gv + o * k;
+    T bias_sum = T(0);
+    for (int64_t b = 0; b < outer; ++b) {
+      const T* gr = g + (b * out + o) * inner;
+      const int32_t* ar = arg + (b * out + o) * inner;
+      for (int64_t s = 0; s < inner; ++s) {
+        const T v = signed_(gr[s], minplus);
+        if (ar[s] >= 0)
+          gvo[ar[s]] += v;
+        else
+          bias_sum += v;
+      }
+    }
+    if (gb != nullptr) gb[o] = signed_(bias_sum, minplus);
+    if (minplus)
+      for (int64_t j = 0; j < k; ++j) gvo[j] = -gvo[j];
+  }
+}
+
+// Whether +-v holds no value that can make a NaN term (see semantics.h).
+template <typename T>
+bool all_clean(const T* v, int64_t n, bool negate) {
+  for (int64_t i = 0; i < n; ++i)
+    if (spoils_max(signed_(v[i], negate))) return false;
+  return true;
+}
+
+// Explicit instantiations live in maxplus.cpp (torch-free, compiled in parallel with the
+// bindings); other translation units only declare them.
+#define TROPFX_MAXPLUS_TEMPLATES(X, T)                                                             \
+  X template bool all_clean<T>(const T*, int64_t, bool);                                           \
+  X template bool dense_pack<T>(const DenseArgs<T>&, T*, int64_t, int64_t);                        \
+  X template void dense_forward<T>(const DenseArgs<T>&, const T*, bool, int64_t, int64_t, int64_t, \
+                                   int64_t);                                                       \
+  X template void dense_backward_input<T>(const T*, const int32_t*, T*, int64_t, int64_t, bool,    \
+                                          int64_t, int64_t);                                       \
+  X template void dense_backward_weight<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
+                                           int64_t, bool, int64_t, int64_t);                       \
+  X template void sparse_forward_rows<T>(const SparseArgs<T>&, const int32_t*, const T*, const T*, \
+                                         bool, int64_t, int64_t);                                  \
+  X template void sparse_forward_inner<T>(const SparseArgs<T>&, int64_t, int64_t);                 \
+  X template void sparse_backward_input<T>(const T*, const int32_t*, const int64_t*, T*, int64_t,  \
+                                           int64_t, int64_t, int64_t, bool, int64_t, int64_t,      \
+                                           int64_t, int64_t);                                      \
+  X template void sparse_backward_value<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
+                                           int64_t, int64_t, bool, int64_t, int64_t);
+
+#if !defined(TROPFX_INSTANTIATE)
+TROPFX_MAXPLUS_TEMPLATES(extern, float)
+TROPFX_MAXPLUS_TEMPLATES(extern, double)
+#endif
+
+}  // namespace tropfx

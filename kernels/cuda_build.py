@@ -1,0 +1,172 @@
+"""Build and load tropfx's hand-written CUDA kernels (``kernels/cuda``) as a JIT extension.
+
+:func:`load_cuda` compiles ``kernels/cuda/ops_cuda.cpp`` (the thin torch binding) and the torch-free
+``kernels/cuda/*.cu`` kernels with ``torch.utils.cpp_extension.load`` (ninja, nvcc) into a cache
+directory, and loads the library: it registers the CUDA implementations of the ``torch.ops.tropfx``
+operators, whose schemas come with the CPU extension (``kernels/csrc/ops.cpp``), so load that first.
+The first call on a machine compiles for the visible GPU's architecture (or ``TORCH_CUDA_ARCH_LIST``)
+and takes a few minutes; later processes reuse the cache.
+
+Without a CUDA build of torch or a visible GPU it returns False after one warning; no
+``torch.ops.tropfx`` operator then has a CUDA implementation. ``TROPFX_CUDA=0`` skips the build silently;
+``TROPFX_CUDA_BUILD_DIR`` moves the cache (default ``~/.cache/tropfx``).
+
+:func:`build_emulation` compiles the same kernels and binding for a CPU emulator
+(``kernels/cuda/emulation``) as ``torch.ops.tropfx_emu.*`` on CPU tensors, so that the CUDA code's
+index math and semantics can be tested against the CPU kernels on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["CUDA_DIR", "build_directory", "build_emulation", "cuda_sources", "load_cuda"]
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+EXTENSION_NAME = "tropfx_cuda"
+EMULATION_NAMESPACE = "tropfx_emu"
+
+_loaded: bool | None = None  # the outcome of the first call, for every later one
+
+
+def cuda_sources() -> list[Path]:
+    """The binding and the kernels, in a stable order."""
+    return [CUDA_DIR / "ops_cuda.cpp", *sorted(CUDA_DIR.glob("*.cu"))]
+
+
+def build_directory() -> Path:
+    """Where the extension is built: one directory per torch and CUDA version."""
+    root = os.environ.get("TROPFX_CUDA_BUILD_DIR")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "tropfx")
+    tag = f"torch{torch.__version__}-cuda{torch.version.cuda}".replace("+", "_")
+    return Path(root) / f"{EXTENSION_NAME}-{tag}"
+
+
+def load_cuda(*, verbose: bool = False) -> bool:
+    """Build (once per machine) and load the CUDA kernels; True when they are registered.
+
+    Returns False, with one warning per process, when torch has no CUDA, no GPU is visible or the
+    build fails (the message says why); with ``TROPFX_CUDA=0`` it returns False without a warning.
+    Later calls return the first call's outcome.
+    """
+    global _loaded
+    if _loaded is None:
+        _loaded = _load(verbose)
+    return _loaded
+
+
+def _load(verbose: bool) -> bool:
+    if os.environ.get("TROPFX_CUDA", "1") == "0":
+        return False
+    if torch.version.cuda is None:
+        return _decline("this torch is a CPU-only build")
+    if not torch.cuda.is_available():
+        return _decline("torch sees no CUDA device")
+    from torch.utils import cpp_extension
+
+    build = build_directory()
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        cpp_extension.load(
+            name=EXTENSION_NAME,
+            sources=[str(path) for path in cuda_sources()],
+            extra_include_paths=[str(CUDA_DIR)],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3"],
+            build_directory=str(build),
+            is_python_module=False,  # a plain library: loading it registers the operators
+            verbose=verbose,
+        )
+    # cpp_extension raises OSError without CUDA_HOME / nvcc, RuntimeError when ninja or the
+    # compiler fails; loading the library raises OSError (or ImportError).
+    except (OSError, ImportError, RuntimeError) as exc:
+        return _decline(f"building or loading the extension in {build} failed: {exc}")
+    return True
+
+
+def _decline(reason: str) -> bool:
+    warnings.warn(f"tropfx: the CUDA kernels are not loaded ({reason})", RuntimeWarning,
+                  stacklevel=4)
+    return False
+
+
+# --- CPU emulation ----------------------------------------------------------------------------------
+
+def build_emulation(*, verbose: bool = False) -> str:
+    """Compile the CUDA kernels and their binding for the CPU emulator and load them as
+    ``torch.ops.tropfx_emu.<op>`` (CPU tensors in and out; the schemas of ``kernels/csrc``'s
+    ``TORCH_LIBRARY(tropfx, m)``, copied).
+
+    A test harness, not a backend: a launch runs its blocks one by one, a block's threads as fibers
+    (Linux ``ucontext``). Returns the library's path; raises ``OSError`` / ``RuntimeError`` where it
+    cannot be built (no compiler, not Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        raise OSError("the CUDA emulation needs Linux (ucontext fibers)")
+    from torch.utils import cpp_extension
+
+    build = build_directory().with_name(f"{EXTENSION_NAME}_emulation-torch{torch.__version__}")
+    sources = _emulation_sources(build / "src")
+    return cpp_extension.load(
+        name=f"{EXTENSION_NAME}_emulation",
+        sources=[str(path) for path in sources],
+        extra_include_paths=[str(CUDA_DIR / "emulation"), str(build / "src" / "cuda")],
+        extra_cflags=["-O1", "-fno-strict-aliasing"],
+        build_directory=str(build),
+        is_python_module=False,
+        verbose=verbose,
+    )
+
+
+def _emulation_sources(root: Path) -> list[Path]:
+    """Rewritten copies of the kernels (as C++), the binding (CPU dispatch key, namespace
+    tropfx_emu) and the schemas, under ``root``; files are rewritten only when they change."""
+    csrc = CUDA_DIR.parent / "csrc"
+    texts: dict[Path, str] = {}
+    for path in csrc.glob("*.h"):  # the kernels include ../csrc/semantics.h
+        texts[root / "csrc" / path.name] = path.read_text()
+    sources = []
+    for path in sorted(CUDA_DIR.iterdir()):
+        if path.suffix in (".cu", ".cuh", ".h"):
+            target = root / "cuda" / (path.stem + ".cpp" if path.suffix == ".cu" else path.name)
+            texts[target] = _emulated_kernels(path.read_text())
+            if path.suffix == ".cu":
+                sources.append(target)
+    binding = (CUDA_DIR / "ops_cuda.cpp").read_text()
+    binding = re.sub(r"#include <c10/cuda/[^>]*>\n", "", binding)
+    binding = re.sub(r"const c10::cuda::CUDAGuard guard\([^;]*\);", "", binding)
+    binding = binding.replace("c10::cuda::getCurrentCUDAStream().stream()", "nullptr")
+    binding = binding.replace(".is_cuda()", ".is_cpu()")
+    binding = binding.replace("TORCH_LIBRARY_IMPL(tropfx, CUDA, m)",
+                              f"TORCH_LIBRARY_IMPL({EMULATION_NAMESPACE}, CPU, m)")
+    texts[root / "cuda" / "ops_cuda.cpp"] = binding
+    ops = next(text for path in sorted(csrc.glob("*.cpp"))
+               if "TORCH_LIBRARY(tropfx, m)" in (text := path.read_text()))
+    start = ops.index("TORCH_LIBRARY(tropfx, m)")
+    schemas = ops[start:ops.index("\n}\n", start) + 3]
+    texts[root / "schemas.cpp"] = "#include <torch/library.h>\n\n" + schemas.replace(
+        "TORCH_LIBRARY(tropfx, m)", f"TORCH_LIBRARY({EMULATION_NAMESPACE}, m)")
+    texts[root / "runtime.cpp"] = (CUDA_DIR / "emulation" / "runtime.cpp").read_text()
+    for path, text in texts.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    return [*sources, root / "cuda" / "ops_cuda.cpp", root / "schemas.cpp", root / "runtime.cpp"]
+
+
+def _emulated_kernels(text: str) -> str:
+    """A .cu file as emulator C++ (see kernels/cuda/emulation/emu.h)."""
+    text = re.sub(r"extern __shared__ (?:__align__\(\d+\) )?(\w+) (\w+)\[\];",
+                  r"\1* \2 = static_cast<\1*>(emu::dyn_smem());", text)
+    text = text.replace("__shared__", "static")  # blocks run one at a time
+    # kernel<<<config>>>(args) -> emu::launch(emu::Cfg{config}, kernel, args)
+    return re.sub(r"([A-Za-z_][\w:]*(?:<[^;(){}]*?>)?)<<<(.*?)>>>\(",
+                  r"emu::launch(emu::Cfg{\2}, \1, ", text, flags=re.S)

@@ -1,0 +1,174 @@
+"""lower_kernels: max-plus and morphological nodes -> calls of the compiled ``torch.ops.tropfx`` kernels."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import fx, nn
+
+from tropfx import kernels as K
+from tropfx.nn import MaxPlus, SparseMaxPlus
+from tropfx.nn import functional as TF
+from tropfx.nn import morphology as TM
+from tropfx.pass_base import GraphPass, PassResult, PassStats
+
+__all__ = ["FUNCTIONS", "MODULES", "Lowering", "LowerKernels", "lower_kernels", "register_lowering"]
+
+_SUPPORTED = (torch.float32, torch.float64)
+
+
+class Lowering(NamedTuple):
+    """How to call a kernel instead of a module: ``fn(input, *tensors, *args, **kwargs)``, where
+    ``tensors`` names the module's parameters and buffers (``None`` for an absent one), read by
+    ``get_attr`` nodes so that they stay the module's own (trainable, in its state_dict)."""
+
+    fn: Callable
+    tensors: tuple[str | None, ...]
+    args: tuple = ()
+    kwargs: dict[str, Any] | None = None
+
+
+# Module types -> lowering, by MRO (a subclass takes its base's unless it registers its own).
+MODULES: dict[type[nn.Module], Callable[[nn.Module], Lowering]] = {}
+# Reference functions (call_function targets) -> their kernel twins, of the same signature.
+FUNCTIONS: dict[Callable, Callable] = {
+    TF.maxplus: K.maxplus,
+    TF.minplus: K.minplus,
+    TF.sparse_maxplus: K.sparse_maxplus,
+    TF.sparse_minplus: K.sparse_minplus,
+    TM.dilation1d: K.dilation1d,
+    TM.dilation2d: K.dilation2d,
+    TM.erosion1d: K.erosion1d,
+    TM.erosion2d: K.erosion2d,
+}
+
+
+def register_lowering(module_type: type[nn.Module]):
+    """Register ``fn(module) -> Lowering`` for ``module_type`` (e.g. a BiSE layer's boolean kernel)."""
+
+    def decorate(fn: Callable[[nn.Module], Lowering]) -> Callable[[nn.Module], Lowering]:
+        MODULES[module_type] = fn
+        return fn
+
+    return decorate
+
+
+def _bias(m: nn.Module) -> str | None:
+    return "bias" if m.bias is not None else None
+
+
+@register_lowering(MaxPlus)
+def _dense(m: MaxPlus) -> Lowering:  # MinPlus too: min-plus is the max-plus with _sign -1
+    return Lowering(K.maxplus if m._sign > 0 else K.minplus, ("weight", _bias(m)))
+
+
+@register_lowering(SparseMaxPlus)
+def _sparse(m: SparseMaxPlus) -> Lowering:
+    fn = K.sparse_maxplus if m._sign > 0 else K.sparse_minplus
+    return Lowering(fn, ("index", "value", _bias(m)), kwargs={"dim": m.dim})
+
+
+def _morphology(fn: Callable) -> Callable[[nn.Module], Lowering]:
+    return lambda m: Lowering(fn, ("weight",), (m.stride, m.padding, m.dilation, m.ceil_mode))
+
+
+for _type, _fn in ((TM.Dilation1d, K.dilation1d), (TM.Dilation2d, K.dilation2d),
+                   (TM.Erosion1d, K.erosion1d), (TM.Erosion2d, K.erosion2d)):
+    register_lowering(_type)(_morphology(_fn))
+
+
+def _lowering_for(module: nn.Module) -> Callable[[nn.Module], Lowering] | None:
+    return next((MODULES[c] for c in type(module).__mro__ if c in MODULES), None)
+
+
+@dataclass(frozen=True)
+class LowerKernels(GraphPass):
+    """Rewrite max-plus and morphological nodes into calls of the compiled kernels.
+
+    ``call_module`` ``MaxPlus`` / ``MinPlus`` / ``SparseMaxPlus`` / ``SparseMinPlus`` /
+    ``Dilation1d/2d`` / ``Erosion1d/2d`` (and registered types, :func:`register_lowering`) ->
+    ``get_attr`` of the layer's tensors + ``call_function`` of its kernel wrapper
+    (``tropfx.kernels.maxplus``, ``dilation2d``, ...). The layer stays a submodule that owns its
+    parameters: the result trains, and its ``state_dict`` keys are unchanged. ``call_function``
+    nodes of the reference functions (``tropfx.nn.functional.maxplus``, ...) get the wrapper as
+    target, their arguments unchanged. Exact: the kernels return the reference's values and
+    gradients bit for bit (the kernel issue's tests check it), through ``torch.ops.tropfx.*``, which
+    ``torch.compile`` and ``torch.export`` keep as operators.
+
+    The compiled library is built (or loaded from the cache) when the pass runs; where it cannot be,
+    the wrappers run the reference and the report's ``info["kernels"]`` says why. The layers'
+    parameter checks (``ParameterError`` on NaN or +inf weights) are not repeated in the lowered
+    graph: they are a device sync per call and a data-dependent branch that ``torch.export`` cannot
+    trace; NaN weights give NaN outputs, as the max-plus formula does.
+
+    Declines, with a reason: parameters or input not float32 / float64 (the kernels support no
+    other dtype).
+    """
+
+    name: ClassVar[str] = "lower_kernels"
+    exact: ClassVar[bool] = True
+
+    def run(self, gm: fx.GraphModule) -> PassResult:
+        stats = PassStats()
+        stats.info["kernels"] = "compiled" if K.available() else \
+            f"reference ({K.build_info()['error']})"
+        for node in list(gm.graph.nodes):
+            if node.op == "call_module":
+                module = gm.get_submodule(node.target)
+                lower = _lowering_for(module)
+                if lower is None:
+                    continue
+                reason = _decline_dtype(node, list(module.parameters(recurse=False)))
+                if not reason and (len(node.args) != 1 or node.kwargs):
+                    reason = "called with other than one positional input"
+                if reason:
+                    stats.skip(node, reason)
+                    continue
+                new = _call_kernel(gm, node, lower(module))
+            elif node.op == "call_function" and node.target in FUNCTIONS:
+                reason = _decline_dtype(node, [])
+                if reason:
+                    stats.skip(node, reason)
+                    continue
+                node.target = FUNCTIONS[node.target]
+                new = node
+            else:
+                continue
+            stats.rewritten.append(f"{node.name} -> {getattr(new.target, '__name__', new.target)}")
+        return PassResult(gm, bool(stats.rewritten), stats)
+
+
+def _decline_dtype(node: fx.Node, tensors: list[torch.Tensor]) -> str:
+    dtypes = {t.dtype for t in tensors}
+    for n in (node, *node.all_input_nodes):
+        meta = n.meta.get("tensor_meta")
+        if getattr(meta, "dtype", None) is not None and meta.dtype.is_floating_point:
+            dtypes.add(meta.dtype)
+    bad = sorted(str(d) for d in dtypes - set(_SUPPORTED))
+    if bad:
+        return f"{', '.join(bad)}: the kernels support float32 and float64; convert the model"
+    return ""
+
+
+def _call_kernel(gm: fx.GraphModule, node: fx.Node, lowering: Lowering) -> fx.Node:
+    """Replace ``node`` (a call_module) by get_attr nodes of the module's tensors and a call of the
+    kernel wrapper; the call inherits ``node.meta``."""
+    graph = gm.graph
+    with graph.inserting_before(node):
+        tensors = tuple(None if name is None else graph.get_attr(f"{node.target}.{name}")
+                        for name in lowering.tensors)
+        new = graph.call_function(lowering.fn, (*node.args, *tensors, *lowering.args),
+                                  dict(lowering.kwargs or {}))
+    new.meta = copy.copy(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
+
+
+def lower_kernels() -> LowerKernels:
+    """The ``lower_kernels`` pass (see :class:`LowerKernels`)."""
+    return LowerKernels()

@@ -1,0 +1,452 @@
+"""The C++ CPU kernels (torch.ops.tropfx): bitwise equal to their pure-torch references, which are
+bitwise equal to tropfx.nn; gradients; opcheck; dtypes; the fallback when the build fails.
+
+Bitwise means: equal values, equal signs of zero, NaN at the same places (NaN payloads aside).
+Gradients are compared as values: a zero gradient may be +0 in one and -0 in the other (autograd
+writes a lone -0 contribution where the kernels add it to +0). Gradient sums over a batch round in
+the kernels' order; where the reference sums in another order the tests use gradients of small
+integers, whose sums are exact in any order.
+"""
+
+import functools
+import math
+import warnings
+
+import pytest
+import torch
+
+from tropfx import kernels as K
+from tropfx.kernels import _build
+from tropfx.kernels import reference as R
+from tropfx.nn import functional as TF
+from tropfx.nn import morphology as TM
+
+INF = math.inf
+FLOATS = (torch.float32, torch.float64)
+
+
+@pytest.fixture(scope="session")
+def ops():
+    """The compiled library, built once per session (cached across sessions in $TROPFX_CACHE)."""
+    if not K.load():
+        pytest.skip(f"C++ kernels unavailable: {K.build_info()['error']}")
+    return torch.ops.tropfx
+
+
+def assert_bitwise(actual: torch.Tensor, expected: torch.Tensor, zero_sign: bool = True) -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, \
+        f"{actual.dtype}{tuple(actual.shape)} vs {expected.dtype}{tuple(expected.shape)}"
+    if not actual.is_floating_point():
+        assert torch.equal(actual, expected)
+        return
+    nan_a, nan_e = actual.isnan(), expected.isnan()
+    same = actual == expected
+    if zero_sign:
+        same &= actual.signbit() == expected.signbit()
+    same |= nan_a & nan_e
+    assert bool(same.all()), (
+        f"{int((~same).sum())} of {same.numel()} differ, first at {(~same).nonzero()[0].tolist()}: "
+        f"{actual[~same][:4].tolist()} vs {expected[~same][:4].tolist()}")
+
+
+def grid(shape, dtype, gen, scale=4) -> torch.Tensor:
+    """Values on a coarse grid (many exact ties between sums) with a sprinkle of -inf."""
+    t = (torch.randint(-scale, scale + 1, shape, generator=gen) / 2).to(dtype)
+    t[torch.rand(shape, generator=gen) < 0.05] = -INF
+    return t
+
+
+def spoil(x: torch.Tensor, gen) -> torch.Tensor:
+    """A copy with some NaN, +inf and -inf entries (rows hit by them take the exact paths)."""
+    x = x.clone()
+    flat = x.view(-1)
+    for value in (math.nan, INF, -INF):
+        flat[torch.randint(0, flat.numel(), (max(1, flat.numel() // 50),), generator=gen)] = value
+    return x
+
+
+def int_grad(shape, dtype, gen) -> torch.Tensor:
+    return torch.randint(-3, 4, shape, generator=gen).to(dtype)
+
+
+def autograd_grads(fn, inputs, grad):
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) if t is not None else None
+              for t in inputs]
+    fn(*leaves).backward(grad)
+    return [None if t is None or not t.is_floating_point() else t.grad for t in leaves]
+
+
+# --- dense max-plus -----------------------------------------------------------------------------
+
+DENSE_SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 19), (37, 65, 33), (6, 64, 16), (50, 130, 70)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("batch,inner,out", DENSE_SHAPES)
+def test_maxplus_forward_is_bitwise_the_reference(ops, dtype, batch, inner, out):
+    gen = torch.Generator().manual_seed(batch * 1000 + inner)
+    for minplus in (False, True):
+        for has_bias in (False, True):
+            x = grid((batch, inner), dtype, gen)
+            if batch > 2:
+                x = spoil(x, gen)
+            w = grid((out, inner), dtype, gen)
+            b = grid((out,), dtype, gen) if has_bias else None
+            y, arg = ops.maxplus(x, w, b, minplus, True)
+            y_ref, arg_ref = R.maxplus_reference(x, w, b, minplus, True)
+            assert_bitwise(y, y_ref)
+            assert_bitwise(arg, arg_ref)
+            assert_bitwise(y_ref, (TF.minplus if minplus else TF.maxplus)(x, w, b))
+            y_only, empty = ops.maxplus(x, w, b, minplus, False)
+            assert_bitwise(y_only, y_ref)
+            assert empty.shape == (0,)
+
+
+def test_maxplus_takes_leading_dims_and_nan_weights(ops):
+    gen = torch.Generator().manual_seed(1)
+    x = grid((2, 3, 9), torch.float32, gen)
+    w = grid((4, 9), torch.float32, gen)
+    w[1, 3] = math.nan
+    w[2, 0] = INF
+    bias = torch.tensor([0.0, math.nan, -INF, 1.0])
+    y, arg = ops.maxplus(x, w, bias, False, True)
+    y_ref, arg_ref = R.maxplus_reference(x, w, bias, False, True)
+    assert_bitwise(y, y_ref)
+    assert_bitwise(arg, arg_ref)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("minplus", [False, True])
+def test_maxplus_gradients_are_the_reference_scatter(ops, dtype, minplus):
+    gen = torch.Generator().manual_seed(2)
+    x, w, b = grid((23, 37), dtype, gen), grid((19, 37), dtype, gen), grid((19,), dtype, gen)
+    ref_fn = TF.minplus if minplus else TF.maxplus
+    kernel_fn = K.minplus if minplus else K.maxplus
+    for grad in (int_grad((23, 19), dtype, gen), torch.randn(23, 19, generator=gen).to(dtype)):
+        got = autograd_grads(kernel_fn, (x, w, b), grad)
+        want = autograd_grads(ref_fn, (x, w, b), grad)
+        assert_bitwise(got[0], want[0], False)  # the same scatter order: equal for random grads
+        assert_bitwise(got[1], want[1], False)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-12 if dtype == torch.float64 else 1e-6,
+                                   atol=0)
+        _, arg = ops.maxplus(x, w, b, minplus, True)
+        for g_op, g_ref in zip(ops.maxplus_backward(grad, arg, 37, True, minplus),
+                               R.maxplus_backward_reference(grad, arg, 37, True, minplus), strict=True):
+            torch.testing.assert_close(g_op, g_ref, rtol=1e-6, atol=0)
+
+
+def test_maxplus_gradcheck_float64_away_from_ties():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(K.maxplus, (x, w, b))
+    assert torch.autograd.gradcheck(K.minplus, (x, w, b))
+
+
+# --- sparse max-plus ----------------------------------------------------------------------------
+
+SPARSE_CASES = [((1, 5), -1, 3, 1), ((9, 17), -1, 11, 2), ((17,), 0, 9, 3), ((13, 40), 1, 21, 6),
+                ((3, 17, 4, 5), 1, 9, 3), ((2, 5, 33), -2, 7, 2), ((4, 3, 31), 2, 12, 5)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape,dim,out,k", SPARSE_CASES)
+def test_sparse_maxplus_forward_and_backward_are_the_reference(ops, dtype, shape, dim, out, k):
+    gen = torch.Generator().manual_seed(len(shape) * 100 + out)
+    n_in = shape[dim]
+    index = torch.rand(out, n_in, generator=gen).topk(k, dim=1).indices.sort(dim=1).values
+    for minplus in (False, True):
+        for has_bias in (False, True):
+            x = spoil(grid(shape, dtype, gen), gen) if math.prod(shape) > 40 else grid(shape, dtype, gen)
+            value = grid((out, k), dtype, gen)
+            bias = grid((out,), dtype, gen) if has_bias else None
+            y, arg = ops.sparse_maxplus(x, index, value, bias, dim, minplus, True)
+            y_ref, arg_ref = R.sparse_maxplus_reference(x, index, value, bias, dim, minplus, True)
+            assert_bitwise(y, y_ref)
+            assert_bitwise(arg, arg_ref)
+            fn = TF.sparse_minplus if minplus else TF.sparse_maxplus
+            assert_bitwise(y_ref, fn(x, index, value, bias, dim=dim))
+            grad = int_grad(y.shape, dtype, gen)
+            got = ops.sparse_maxplus_backward(grad, arg, index, n_in, dim, has_bias, minplus)
+            want = R.sparse_maxplus_backward_reference(grad, arg_ref, index, n_in, dim, has_bias,
+                                                       minplus)
+            for g_op, g_ref in zip(got, want, strict=True):
+                assert_bitwise(g_op, g_ref, False)
+            # the reference backward is autograd's through tropfx.nn.functional
+            finite = x.nan_to_num(0.0, 0.0, 0.0)
+            wrapper = K.sparse_minplus if minplus else K.sparse_maxplus
+            via_op = autograd_grads(lambda a, v, b, f=wrapper: f(a, index, v, b, dim=dim),
+                                    (finite, value, bias), grad)
+            via_ref = autograd_grads(lambda a, v, b, f=fn: f(a, index, v, b, dim=dim),
+                                     (finite, value, bias), grad)
+            for g_op, g_ref in zip(via_op, via_ref, strict=True):
+                if g_ref is not None:
+                    assert_bitwise(g_op, g_ref, False)
+
+
+def test_sparse_maxplus_grad_x_is_bitwise_for_random_grads(ops):
+    gen = torch.Generator().manual_seed(4)
+    x, value = torch.randn(6, 20, 5, generator=gen), torch.randn(30, 3, generator=gen)
+    index = torch.rand(30, 20, generator=gen).topk(3, dim=1).indices.sort(dim=1).values
+    grad = torch.randn(6, 30, 5, generator=gen)
+    got = autograd_grads(lambda a: K.sparse_maxplus(a, index, value, dim=1), (x,), grad)
+    want = autograd_grads(lambda a: TF.sparse_maxplus(a, index, value, dim=1), (x,), grad)
+    assert_bitwise(got[0], want[0], False)
+
+
+def test_sparse_maxplus_rejects_bad_indices(ops):
+    with pytest.raises(RuntimeError, match=r"outside \[0, 4\)"):
+        ops.sparse_maxplus(torch.randn(2, 4), torch.tensor([[0, 4]]), torch.zeros(1, 2), None)
+
+
+# --- morphology ---------------------------------------------------------------------------------
+
+# (x shape, weight shape, stride, padding, dilation, ceil_mode)
+MORPH_CASES = [
+    ((2, 3, 9, 11), (3, 3, 3), (1, 1), (1, 1), (1, 1), False),
+    ((2, 3, 9, 11), (3, 3, 2), (2, 1), (1, 0), (1, 2), True),
+    ((1, 4, 7, 40), (5, 4, 2, 3), (1, 1), (0, 1), (1, 1), False),
+    ((2, 3, 10, 10), (3, 3, 3), (2, 2), (1, 1), (1, 1), True),
+    ((2, 2, 6, 6), (2, 2, 2), (1, 1), (3, 3), (1, 1), False),  # windows wholly in the padding
+    ((3, 2, 5, 13), (3, 2, 1, 4), (1, 3), (0, 2), (1, 1), True),
+    ((1, 5, 12, 70), (5, 2, 2), (2, 2), (0, 0), (1, 1), False),  # max pooling 2x2
+]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation,ceil_mode", MORPH_CASES)
+def test_morphology_is_bitwise_the_reference(ops, dtype, x_shape, w_shape, stride, padding,
+                                             dilation, ceil_mode):
+    gen = torch.Generator().manual_seed(sum(x_shape) + len(w_shape))
+    x = spoil(grid(x_shape, dtype, gen), gen)
+    x[0] = grid(x_shape[1:], dtype, gen)  # one clean sample: the fast paths
+    for se in ("random", "flat", "flat_constant"):
+        w = grid(w_shape, dtype, gen)
+        if se != "random":
+            w = torch.full(w_shape, 0.0 if se == "flat" else -1.5, dtype=dtype)
+        for name in ("dilation2d", "erosion2d"):
+            args = (stride, padding, dilation, ceil_mode)
+            y, arg = getattr(ops, name)(x, w, *args, True)
+            y_ref, arg_ref = getattr(R, f"{name}_reference")(x, w, *args, True)
+            assert_bitwise(y, y_ref)
+            assert_bitwise(arg, arg_ref)
+            assert_bitwise(y_ref, getattr(TM, name)(x, w, *args))
+            assert_bitwise(getattr(ops, name)(x, w, *args, False)[0], y_ref)
+            grad = int_grad(y.shape, dtype, gen)
+            got = getattr(ops, f"{name}_backward")(grad, arg, x.shape, w.shape, stride, padding,
+                                                   dilation)
+            want = getattr(R, f"{name}_backward_reference")(grad, arg_ref, x.shape, w.shape,
+                                                             stride, padding, dilation)
+            for g_op, g_ref in zip(got, want, strict=True):
+                assert_bitwise(g_op, g_ref, False)
+            finite = x.nan_to_num(0.0, 0.0, 0.0)
+            via_op = autograd_grads(functools.partial(_call, getattr(K, name), args), (finite, w),
+                                    grad)
+            via_ref = autograd_grads(functools.partial(_call, getattr(TM, name), args), (finite, w),
+                                     grad)
+            for g_op, g_ref in zip(via_op, via_ref, strict=True):
+                assert_bitwise(g_op, g_ref, False)
+
+
+def _call(fn, args, x, w):
+    return fn(x, w, *args)
+
+
+def test_morphology_1d_and_flat_se_is_max_pooling(ops):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 29, generator=gen)
+    for fn, ref in ((K.dilation1d, TM.dilation1d), (K.erosion1d, TM.erosion1d)):
+        for w in (torch.randn(4, 3, generator=gen), torch.randn(6, 4, 2, generator=gen)):
+            grad = int_grad(ref(x, w, 2, 1, 2, True).shape, torch.float32, gen)
+            got = autograd_grads(lambda a, b, fn=fn: fn(a, b, 2, 1, 2, True), (x, w), grad)
+            want = autograd_grads(lambda a, b, ref=ref: ref(a, b, 2, 1, 2, True), (x, w), grad)
+            assert_bitwise(fn(x, w, 2, 1, 2, True), ref(x, w, 2, 1, 2, True))
+            for g_op, g_ref in zip(got, want, strict=True):
+                assert_bitwise(g_op, g_ref, False)
+    x2 = torch.randn(2, 8, 15, 15, generator=gen)
+    pooled = K.dilation2d(x2, torch.zeros(8, 3, 3), 2, 1)
+    torch.testing.assert_close(pooled, torch.nn.functional.max_pool2d(x2, 3, 2, 1), rtol=0, atol=0)
+
+
+def test_morphology_gradcheck_float64_away_from_ties():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    for w in (torch.randn(2, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True),
+              torch.randn(3, 2, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)):
+        assert torch.autograd.gradcheck(lambda a, b: K.dilation2d(a, b, 1, 1), (x, w), fast_mode=True)
+        assert torch.autograd.gradcheck(lambda a, b: K.erosion2d(a, b, 2, 0, 1, True), (x, w),
+                                        fast_mode=True)
+
+
+def test_morphology_large_planes_and_many_channels(ops):
+    """Sizes past the vector tiles, both forms, stride 1 (the contiguous loads)."""
+    gen = torch.Generator().manual_seed(7)
+    x = grid((2, 16, 19, 45), torch.float32, gen)
+    for w in (grid((16, 3, 5), torch.float32, gen), grid((9, 16, 2, 2), torch.float32, gen)):
+        y, arg = ops.dilation2d(x, w, (1, 1), (1, 2), (1, 1), False, True)
+        y_ref, arg_ref = R.dilation2d_reference(x, w, (1, 1), (1, 2), (1, 1), False, True)
+        assert_bitwise(y, y_ref)
+        assert_bitwise(arg, arg_ref)
+
+
+# --- bit-packed boolean operators ---------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [1, 3, 64, 65, 130])
+def test_pack_and_unpack_bits(ops, channels):
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.rand(2, channels, 5, 7, generator=gen) > 0.5
+    packed = ops.pack_bits(x)
+    assert packed.dtype == torch.uint64 and packed.shape == (2, 5, 7, -(-channels // 64))
+    assert_bitwise(packed, R.pack_bits_reference(x))
+    assert_bitwise(ops.pack_bits(x.float() * 3.0), packed)  # nonzero = 1
+    assert_bitwise(ops.unpack_bits(packed, channels, torch.bool), x)
+    assert_bitwise(ops.unpack_bits(packed, channels, None), x.float())
+    assert_bitwise(R.unpack_bits_reference(packed, channels, torch.bool), x)
+
+
+@pytest.mark.parametrize("channels,out,low,high", [(3, 5, 0, 1), (64, 64, 0, 1), (64, 9, -1, 1),
+                                                    (70, 130, -2, 3), (130, 7, -5, 6)])
+def test_bool_conv2d_is_the_reference(ops, channels, out, low, high):
+    gen = torch.Generator().manual_seed(channels * out)
+    x = ops.pack_bits(torch.rand(2, channels, 9, 11, generator=gen) > 0.5)
+    weight = torch.randint(low, high + 1, (out, channels, 3, 3), generator=gen)
+    pos, neg = K.pack_conv_weight(weight)
+    threshold = torch.randint(-5, 10, (out,), generator=gen)
+    for stride, padding, dilation in [((1, 1), (1, 1), (1, 1)), ((2, 1), (0, 2), (1, 2)),
+                                      ((1, 3), (2, 0), (2, 1))]:
+        y = ops.bool_conv2d(x, pos, neg, threshold, stride, padding, dilation)
+        assert_bitwise(y, R.bool_conv2d_reference(x, pos, neg, threshold, stride, padding, dilation))
+    # the definition itself, on unpacked tensors
+    xf = K.unpack_bits(x, channels, torch.float64)
+    conv = torch.nn.functional.conv2d(xf, weight.double(), padding=1)
+    expected = conv >= threshold.double()[:, None, None]
+    assert_bitwise(K.unpack_bits(K.bool_conv2d(x, pos, neg, threshold, 1, 1), out, torch.bool),
+                   expected)
+
+
+def test_binary_weights_are_one_bit_each():
+    weight = torch.randint(0, 2, (64, 64, 3, 3))
+    pos, neg = K.pack_conv_weight(weight)
+    assert neg.numel() == 0
+    assert weight.float().nbytes == 32 * pos.nbytes
+
+
+@pytest.mark.parametrize("channels", [3, 64, 100])
+def test_binary_dilation_and_erosion_are_the_reference(ops, channels):
+    gen = torch.Generator().manual_seed(channels)
+    x = ops.pack_bits(torch.rand(2, channels, 8, 13, generator=gen) > 0.6)
+    se = torch.rand(channels, 3, 2, generator=gen) > 0.5
+    se[0] = False  # an empty SE: 0 for dilation, 1 for erosion
+    for stride, padding, dilation in [((1, 1), (1, 1), (1, 1)), ((2, 1), (0, 1), (1, 2))]:
+        for name in ("binary_dilation2d", "binary_erosion2d"):
+            y = getattr(ops, name)(x, se, stride, padding, dilation)
+            assert_bitwise(y, getattr(R, f"{name}_reference")(x, se, stride, padding, dilation))
+    # dilation by a full 3x3 SE is max pooling of {0, 1} (its padding, -inf, never wins either)
+    full = torch.ones(channels, 3, 3, dtype=torch.bool)
+    xf = K.unpack_bits(x, channels)
+    assert_bitwise(K.unpack_bits(K.binary_dilation2d(x, full, 1, 1), channels),
+                   torch.nn.functional.max_pool2d(xf, 3, 1, 1))
+    # erosion pads with 1: the border is eroded only by the image itself
+    assert_bitwise(K.unpack_bits(K.binary_erosion2d(x, full, 1, 1), channels),
+                   -torch.nn.functional.max_pool2d(-xf, 3, 1, 1))
+
+
+# --- opcheck ------------------------------------------------------------------------------------
+
+def _samples():
+    gen = torch.Generator().manual_seed(8)
+    d = dict(dtype=torch.float64)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen, **d).requires_grad_()
+
+    index = torch.tensor([[0, 2], [1, 4], [3, 4]])
+    y, arg = R.maxplus_reference(torch.randn(5, 7, **d), torch.randn(3, 7, **d), torch.zeros(3, **d))
+    ys, args_ = R.sparse_maxplus_reference(torch.randn(4, 5, 2, **d), index, torch.randn(3, 2, **d),
+                                           None, 1)
+    ym, argm = R.dilation2d_reference(torch.randn(2, 3, 6, 7, **d), torch.randn(4, 3, 2, 3, **d),
+                                      (1, 2), (1, 0), (1, 1), True)
+    bits = R.pack_bits_reference(torch.rand(2, 70, 5, 6, generator=gen) > 0.5)
+    pos, neg = R.pack_bits_reference(torch.ones(3, 70, 3, 2))[:, :, :, None], \
+        torch.zeros(3, 3, 2, 0, 2, dtype=torch.uint64)
+    win = ([1, 2], [1, 0], [1, 1])
+    return {
+        "maxplus": [(leaf(5, 7), leaf(3, 7), leaf(3), False, True),
+                    (leaf(2, 5, 7), leaf(3, 7), None, True, True)],
+        "maxplus_backward": [(torch.randn(5, 3, **d), arg, 7, True, False)],
+        "sparse_maxplus": [(leaf(4, 5, 2), index, leaf(3, 2), leaf(3), 1, False, True),
+                           (leaf(6, 5), index, leaf(3, 2), None, -1, True, True)],
+        "sparse_maxplus_backward": [(torch.randn(4, 3, 2, **d), args_, index, 5, 1, False, False)],
+        "dilation2d": [(leaf(2, 3, 6, 7), leaf(3, 2, 3), *win, True, True)],
+        "erosion2d": [(leaf(2, 3, 6, 7), leaf(4, 3, 2, 3), *win, False, True)],
+        "dilation2d_backward": [(torch.randn(ym.shape, **d), argm, [2, 3, 6, 7], [4, 3, 2, 3],
+                                 *win)],
+        "erosion2d_backward": [(torch.randn(ym.shape, **d), argm, [2, 3, 6, 7], [4, 3, 2, 3],
+                                *win)],
+        "pack_bits": [(torch.rand(2, 70, 5, 6, generator=gen) > 0.5,)],
+        "unpack_bits": [(bits, 70, torch.float32)],
+        "bool_conv2d": [(bits, pos, neg, torch.tensor([3, 0, 7]), *win)],
+        "binary_dilation2d": [(bits, torch.rand(70, 3, 2, generator=gen) > 0.5, *win)],
+        "binary_erosion2d": [(bits, torch.rand(70, 3, 2, generator=gen) > 0.5, *win)],
+    }
+
+
+@pytest.mark.parametrize("name", K.OPS)
+def test_opcheck(ops, name):
+    samples = _samples()[name]
+    for args in samples:
+        torch.library.opcheck(getattr(ops, name).default, args)
+
+
+# --- dtypes and errors --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_rejected_clearly(ops, dtype):
+    x, w = torch.randn(3, 4, dtype=dtype), torch.randn(2, 4, dtype=dtype)
+    with pytest.raises(RuntimeError, match="support float32 and float64"):
+        K.maxplus(x, w)
+    with pytest.raises(RuntimeError, match="support float32 and float64"):
+        K.dilation2d(torch.randn(1, 2, 5, 5, dtype=dtype), torch.zeros(2, 3, 3, dtype=dtype))
+    with pytest.raises(RuntimeError, match="support float32 and float64"):
+        K.sparse_maxplus(x, torch.tensor([[0, 1]]), torch.zeros(1, 2, dtype=dtype))
+
+
+def test_no_argmax_means_no_gradient(ops):
+    x = torch.randn(3, 4, requires_grad=True)
+    y, _ = ops.maxplus(x, torch.randn(2, 4), None, False, False)
+    with pytest.raises(RuntimeError, match="with_argmax=False"):
+        y.sum().backward()
+
+
+def test_wrappers_skip_the_argmax_without_autograd(ops):
+    x, w = torch.randn(3, 4), torch.randn(2, 4, requires_grad=True)
+    with torch.no_grad():
+        assert K.maxplus(x, w).grad_fn is None
+    K.maxplus(x, w).sum().backward()
+    assert w.grad is not None
+
+
+def test_build_failure_falls_back_to_the_reference_with_one_warning(monkeypatch):
+    saved = {k: getattr(_build._State, k) for k in ("loaded", "tried", "error", "seconds", "path")}
+
+    def no_compiler():
+        raise OSError("c++: command not found")
+
+    monkeypatch.setattr(_build, "_build", no_compiler)
+    for k in ("loaded", "tried"):
+        monkeypatch.setattr(_build._State, k, False)
+    try:
+        with pytest.warns(K.KernelBuildWarning, match="c\\+\\+: command not found"):
+            assert not K.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # only once
+            assert not K.available()
+            x, w, b = torch.randn(4, 6), torch.randn(3, 6), torch.randn(3)
+            assert_bitwise(K.maxplus(x, w, b), TF.maxplus(x, w, b))
+            xb = torch.rand(1, 3, 4, 4) > 0.5
+            assert_bitwise(K.pack_bits(xb), R.pack_bits_reference(xb))
+        assert "command not found" in K.build_info()["error"]
+    finally:
+        for k, v in saved.items():
+            setattr(_build._State, k, v)
