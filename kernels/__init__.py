@@ -1,4 +1,4 @@
-"""Hand-written kernels registered as ``torch.ops.tropfx.*`` (C++ on CPU; CUDA in a later issue).
+"""Hand-written kernels registered as ``torch.ops.tropfx.*`` (C++ on CPU, CUDA on GPU).
 
 Every operator has a pure-torch twin, ``tropfx.kernels.reference.<op>_reference``, that defines its
 semantics -- those of :mod:`tropfx.nn.functional` and :mod:`tropfx.nn.morphology`, bit for bit --
@@ -20,7 +20,9 @@ wrapper                         operators
 The library is compiled just in time, on first use, by ``torch.utils.cpp_extension`` (ninja) into
 ``$TROPFX_CACHE`` (``~/.cache/tropfx``): ``import tropfx`` compiles nothing. Without a compiler the
 wrappers run the reference and one :class:`KernelBuildWarning` says why. Float32 and float64 are
-supported; float16 / bfloat16 are rejected with an error that says so.
+supported; float16 / bfloat16 are rejected with an error that says so. On CUDA tensors the
+wrappers call the CUDA kernels in ``kernels/cuda`` (float32; built just in time by
+:func:`tropfx.kernels.cuda_build.load_cuda` where torch has CUDA), else the reference.
 :func:`tropfx.passes.lower_kernels` rewrites a graph's max-plus and morphological nodes into calls
 of these wrappers.
 """
