@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from tropfx.errors import TracingError
 from tropfx.measure import describe_inputs, measure
+from tropfx.report import _si
 from tropfx.tracing import trace
 
 __all__ = ["LayerSummary", "Summary", "summary"]
@@ -89,15 +90,6 @@ def _bytes(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} B"
-
-
-def _si(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
 
 
 @dataclass
