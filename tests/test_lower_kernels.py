@@ -1,5 +1,7 @@
 """lower_kernels: structure, exactness (bitwise), training, torch.compile, torch.export, refusals."""
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,6 +150,10 @@ def test_torch_export_keeps_the_ops():
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert {"tropfx.sparse_maxplus.default", "tropfx.dilation2d.default"} <= targets
     assert torch.equal(ep.module()(x), cm(x))
+    buf = io.BytesIO()  # and the exported program saves and reloads with identical outputs
+    torch.export.save(ep, buf)
+    buf.seek(0)
+    assert torch.equal(torch.export.load(buf).module()(x), cm(x))
 
 
 def test_half_precision_layers_are_declined():
