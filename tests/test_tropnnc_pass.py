@@ -408,3 +408,16 @@ def test_kmeans_restarts_never_increase_the_inertia():
     cm = tropfx.compile(mlp(), [tp.tropnnc(ratio=0.5, restarts=3)],
                         example_inputs=(torch.randn(2, 12),))
     assert cm.get_submodule("0").out_features == 8
+
+
+def test_all_zero_output_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1)).eval()
+    with torch.no_grad():
+        model[2].weight.zero_()
+    single = tropfx.compile(model, [tp.tropnnc(ratio=0.5, method="single")],
+                            example_inputs=(torch.randn(2, 3),))
+    assert "every output weight c_i is 0" in single.report[-1].skipped[0].reason
+    # Alg. 2 merges the neurons; the output does not depend on them, so nothing changes
+    multi = tropfx.compile(model, [tp.tropnnc(ratio=0.5)], example_inputs=(torch.randn(2, 3),))
+    assert multi.report[-1].max_abs_err == 0 and multi.get_submodule("0").out_features == 3
