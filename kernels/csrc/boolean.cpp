@@ -1,6 +1,7 @@
 // The bit-packed boolean kernels (see boolean.h for the layouts and semantics). Torch-free.
 #include "boolean.h"
 
+#include <climits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -95,31 +96,36 @@ inline void bool_conv_tile_scalar(const uint64_t* rows, const uint64_t* wt, cons
 #if defined(__AVX2__)
 // AVX2 tile (stride 1): pixels j0..j0+3 x kBoolChannels output channels. The popcount of each AND
 // is the nibble lookup (vpshufb) of Mula et al., counted per byte and summed to 64 bits (vpsadbw)
-// every 31 terms, before a byte (at most 8 per term) could overflow. ``sums[u]`` holds the 4
-// pixels' sums of channel u.
-inline void bool_conv_tile_avx2(const uint64_t* rows, const uint64_t* wt, const BoolTerms& terms,
-                                const int* shift, int P, int pos, int64_t j0, __m256i* sums) {
+// every 31 terms, before a byte (at most 8 per term) could overflow. ``s0..s7`` hold the 4
+// pixels' sums of channels 0..7. NT > 0: the number of terms, known at compile time (<= 31, one
+// chunk, fully unrolled); NT == 0: ``nt`` terms, in chunks of 31.
+template <int NT>
+inline __attribute__((always_inline)) void bool_conv_tile_avx2(
+    const uint64_t* rows, const uint64_t* wt, const int64_t* xo, int64_t nt,
+    const int* shift, int P, int pos, int64_t j0, __m256i& s0, __m256i& s1, __m256i& s2,
+    __m256i& s3, __m256i& s4, __m256i& s5, __m256i& s6, __m256i& s7) {
   constexpr int OT = kBoolChannels;
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
                                        2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
-  for (int u = 0; u < OT; ++u) sums[u] = zero;
-  const int64_t* xo = terms.x.data();
-  const int64_t* wo = terms.w.data();
+  s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero;
+  const int64_t terms = NT > 0 ? NT : nt;
+  const uint64_t* xr = rows + j0;
   for (int p = 0; p < P; ++p) {
-    for (int64_t t0 = 0; t0 < terms.size(); t0 += 31) {
-      const int64_t t1 = std::min<int64_t>(terms.size(), t0 + 31);
+    for (int64_t t0 = 0; t0 < terms; t0 += 31) {
+      const int64_t t1 = NT > 0 ? NT : std::min<int64_t>(terms, t0 + 31);
       // Named accumulators: GCC spills arrays of them.
       __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
+#pragma GCC unroll 32
       for (int64_t t = t0; t < t1; ++t) {
-        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + xo[t] + j0));
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + xo[t]));
         const __m256i xl = _mm256_and_si256(x, low);
         const __m256i xh = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
-        const uint64_t* wp = wt + wo[t] + p * 2 * OT;
-        auto count = [&](__m256i& acc, int u) {
-          const __m256i lo = _mm256_and_si256(xl, _mm256_set1_epi64x(int64_t(wp[u])));
-          const __m256i hi = _mm256_and_si256(xh, _mm256_set1_epi64x(int64_t(wp[OT + u])));
+        const __m256i* wp = reinterpret_cast<const __m256i*>(wt) + (p * terms + t) * 2 * OT;
+        auto count = [&](__m256i& acc, int u) __attribute__((always_inline)) {
+          const __m256i lo = _mm256_and_si256(xl, _mm256_loadu_si256(wp + u));
+          const __m256i hi = _mm256_and_si256(xh, _mm256_loadu_si256(wp + OT + u));
           acc = _mm256_add_epi8(acc, _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo),
                                                      _mm256_shuffle_epi8(lut, hi)));
         };
@@ -132,11 +138,50 @@ inline void bool_conv_tile_avx2(const uint64_t* rows, const uint64_t* wt, const 
         count(a6, 6);
         count(a7, 7);
       }
-      const __m256i acc[OT] = {a0, a1, a2, a3, a4, a5, a6, a7};
-      for (int u = 0; u < OT; ++u) {
-        const __m256i s = _mm256_slli_epi64(_mm256_sad_epu8(acc[u], zero), shift[p]);
-        sums[u] = p < pos ? _mm256_add_epi64(sums[u], s) : _mm256_sub_epi64(sums[u], s);
-      }
+      const int sh = shift[p];
+      const bool plus = p < pos;
+      auto fold = [&](__m256i& sum, __m256i acc) __attribute__((always_inline)) {
+        const __m256i v = _mm256_slli_epi64(_mm256_sad_epu8(acc, zero), sh);
+        sum = plus ? _mm256_add_epi64(sum, v) : _mm256_sub_epi64(sum, v);
+      };
+      fold(s0, a0);
+      fold(s1, a1);
+      fold(s2, a2);
+      fold(s3, a3);
+      fold(s4, a4);
+      fold(s5, a5);
+      fold(s6, a6);
+      fold(s7, a7);
+    }
+  }
+}
+
+// 4 bits (pixels 0..3) spread to bit 0 of bytes 0..3.
+inline uint32_t spread4(uint64_t h) { return uint32_t((h * 0x00204081u) & 0x01010101u); }
+
+// One output row, stride 1: per tile of 8 output channels and group of 4 pixels, the sums, the
+// threshold compare, and the tile's 8 output bits of each pixel written as one byte.
+template <int NT>
+void bool_conv_row_avx2(const uint64_t* rows, const uint64_t* planes, int64_t tile_words,
+                        const int64_t* xo, int64_t nt, const int* shift, int P,
+                        int pos, const int64_t* thr, int64_t tiles, int64_t Wo, int64_t Ow,
+                        uint64_t* orow) {
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const uint64_t* wt = planes + tile * tile_words;
+    const int64_t* th = thr + tile * kBoolChannels;
+    uint8_t* ob = reinterpret_cast<uint8_t*>(orow + tile / 8) + tile % 8;
+    for (int64_t j = 0; j < Wo; j += 4) {
+      __m256i s0, s1, s2, s3, s4, s5, s6, s7;
+      bool_conv_tile_avx2<NT>(rows, wt, xo, nt, shift, P, pos, j, s0, s1, s2, s3, s4, s5, s6, s7);
+      auto bits = [&](__m256i s, int u) __attribute__((always_inline)) {
+        const __m256i below = _mm256_cmpgt_epi64(_mm256_set1_epi64x(th[u]), s);
+        const uint64_t hits = ~uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(below))) & 15u;
+        return spread4(hits) << u;
+      };
+      const uint32_t b = bits(s0, 0) | bits(s1, 1) | bits(s2, 2) | bits(s3, 3) | bits(s4, 4) |
+                         bits(s5, 5) | bits(s6, 6) | bits(s7, 7);
+      const int64_t count = std::min<int64_t>(4, Wo - j);
+      for (int64_t jj = 0; jj < count; ++jj) ob[(j + jj) * Ow * 8] = uint8_t(b >> (8 * jj));
     }
   }
 }
@@ -151,31 +196,51 @@ void bool_conv_rows(const uint64_t* padded, const uint64_t* planes, const int* s
   const int64_t Ow = (O + 63) / 64, tiles = (O + OT - 1) / OT;
   const int64_t tile_words = int64_t(g.kh) * g.kw * g.Cw * P * 2 * OT;
   const BoolTerms terms(g, P);
+#if defined(__AVX2__)
+  if (g.sw == 1) {  // the padded input has room for whole groups of 4 pixels
+    // Thresholds per tile slot; a channel past O never fires.
+    std::vector<int64_t> thr(tiles * OT, INT64_MAX);
+    std::copy(threshold, threshold + O, thr.begin());
+    const int64_t nt = terms.size();
+    // The weight nibble words broadcast to whole vectors (4 copies), (tiles, P, terms, 2, OT, 4):
+    // the AND reads them from memory, no broadcast per use.
+    const int64_t btile = int64_t(P) * nt * 2 * OT * 4;
+    std::vector<uint64_t> bw_store(tiles * btile + 8);  // + room to align to 64 bytes
+    uint64_t* bw = bw_store.data() + (-(reinterpret_cast<uintptr_t>(bw_store.data()) / 8) & 7u);
+    for (int64_t tile = 0; tile < tiles; ++tile)
+      for (int p = 0; p < P; ++p)
+        for (int64_t k = 0; k < nt; ++k)
+          for (int h = 0; h < 2; ++h)
+            for (int u = 0; u < OT; ++u)
+              std::fill_n(&bw[tile * btile + (((p * nt + k) * 2 + h) * OT + u) * 4], 4,
+                          planes[tile * tile_words + terms.w[k] + (p * 2 + h) * OT + u]);
+    auto run = [&](auto kernel) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / g.Ho, i = t % g.Ho;
+        const uint64_t* rows = padded + (n * g.Hq + i * g.sh) * g.Cw * g.Wq;
+        uint64_t* orow = out + (n * g.Ho + i) * g.Wo * Ow;
+        kernel(rows, bw, btile, terms.x.data(), nt, shift, P, pos,
+               thr.data(), tiles, g.Wo, Ow, orow);
+      }
+    };
+    if (nt == 9)
+      run(bool_conv_row_avx2<9>);
+    else if (nt == 1)
+      run(bool_conv_row_avx2<1>);
+    else if (nt == 18)
+      run(bool_conv_row_avx2<18>);
+    else if (nt == 25)
+      run(bool_conv_row_avx2<25>);
+    else
+      run(bool_conv_row_avx2<0>);
+    return;
+  }
+#endif
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t / g.Ho, i = t % g.Ho;
     const uint64_t* rows = padded + (n * g.Hq + i * g.sh) * g.Cw * g.Wq;
     uint64_t* orow = out + (n * g.Ho + i) * g.Wo * Ow;
-    int64_t j = 0;
-#if defined(__AVX2__)
-    if (g.sw == 1) {  // the padded input has room for whole groups of 4 pixels
-      __m256i sums[OT];
-      for (; j < g.Wo; j += 4) {
-        const int64_t count = std::min<int64_t>(4, g.Wo - j);
-        for (int64_t tile = 0; tile < tiles; ++tile) {
-          bool_conv_tile_avx2(rows, planes + tile * tile_words, terms, shift, P, pos, j, sums);
-          // Per channel, a 4-bit mask of the pixels at or above its threshold.
-          for (int u = 0; u < OT && tile * OT + u < O; ++u) {
-            const int64_t oc = tile * OT + u;
-            const __m256i below = _mm256_cmpgt_epi64(_mm256_set1_epi64x(threshold[oc]), sums[u]);
-            const uint64_t hits = ~uint64_t(_mm256_movemask_pd(_mm256_castsi256_pd(below))) & 15u;
-            for (int64_t jj = 0; jj < count; ++jj)
-              orow[(j + jj) * Ow + oc / 64] |= ((hits >> jj) & 1u) << (oc % 64);
-          }
-        }
-      }
-    }
-#endif
-    for (; j < g.Wo; ++j)
+    for (int64_t j = 0; j < g.Wo; ++j)
       for (int64_t tile = 0; tile < tiles; ++tile) {
         int64_t s[OT];
         bool_conv_tile_scalar(rows, planes + tile * tile_words, terms, shift, P, pos, j * g.sw, s);
