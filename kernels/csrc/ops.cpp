@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "binding_utils.h"
 #include "boolean.h"
 #include "maxplus.h"
 #include "morphology.h"
@@ -27,8 +28,7 @@
 namespace {
 
 using at::Tensor;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using namespace tropfx::binding;  // ceil_div, wrap_dim, Window, window_of, pool_out
 
 void check_float(const Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "tropfx::", op, ": ", name, " is on ", t.device(),
@@ -147,12 +147,6 @@ std::tuple<Tensor, Tensor, Tensor> maxplus_backward_cpu(const Tensor& grad_, con
 // ---------------------------------------------------------------------------------------------
 // Sparse max-plus
 
-int64_t wrap_dim(int64_t dim, int64_t n, const char* op) {
-  TORCH_CHECK(dim >= -n && dim < n, "tropfx::", op, ": dim ", dim, " is out of range for ", n,
-              " dims");
-  return dim < 0 ? dim + n : dim;
-}
-
 std::tuple<Tensor, Tensor> sparse_maxplus_cpu(const Tensor& x_, const Tensor& index_,
                                               const Tensor& value_, const std::optional<Tensor>& bias_,
                                               int64_t dim, bool minplus, bool with_argmax) {
@@ -269,30 +263,6 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
 
 // ---------------------------------------------------------------------------------------------
 // Morphology
-
-struct Window {
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-Window window_of(const char* op, int64_t kh, int64_t kw, at::IntArrayRef stride,
-                 at::IntArrayRef padding, at::IntArrayRef dilation) {
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "tropfx::", op,
-              ": stride, padding and dilation must have 2 entries");
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1 && padding[0] >= 0 && padding[1] >= 0 &&
-                  dilation[0] >= 1 && dilation[1] >= 1 && kh >= 1 && kw >= 1,
-              "tropfx::", op, ": need kernel, stride, dilation >= 1 and padding >= 0; got stride ",
-              stride, ", padding ", padding, ", dilation ", dilation);
-  return {kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]};
-}
-
-// torch's pooling_output_shape.
-int64_t pool_out(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
-  const int64_t span = d * (k - 1) + 1;
-  int64_t out = (size + 2 * p - span + (ceil_mode ? s - 1 : 0));
-  out = (out >= 0 ? out / s : -((-out + s - 1) / s)) + 1;  // floor division
-  if (ceil_mode && (out - 1) * s >= size + p) --out;
-  return out;
-}
 
 template <typename T>
 tropfx::MorphArgs<T> morph_args(const Tensor& x, const Tensor& w, const Window& k, int64_t O,
