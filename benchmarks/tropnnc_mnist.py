@@ -61,13 +61,12 @@ from torch import nn
 
 import tropfx
 from tropfx import passes as tp
-from tropfx.data import ENV_VAR, load_mnist
+from tropfx.data import ENV_VAR, load_mnist_splits, normalize_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 CACHE_ENV = "TROPFX_CACHE"
-MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel statistics
 # Part of every cache key: change it whenever train() changes, so stale models are not reused.
 RECIPE = "adam1e-3-b128-cosine-v1"
 CALIBRATION_IMAGES = 256  # ThiNet's calibration batch (training images)
@@ -217,10 +216,6 @@ class Data:
     source: str
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float() / 255 - MEAN) / STD).unsqueeze(1)
-
-
 def default_data_dir() -> Path | None:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
@@ -229,28 +224,8 @@ def default_data_dir() -> Path | None:
 
 def load_data(data_dir: Path | None, smoke: bool) -> Data:
     """MNIST from ``data_dir``; with ``smoke`` and no MNIST, sklearn's digits upscaled to 28x28."""
-    try:
-        x_train, y_train = load_mnist("train", root=data_dir)
-        x_test, y_test = load_mnist("test", root=data_dir)
-    except FileNotFoundError as exc:
-        if not smoke:
-            raise
-        print(f"{exc}\nsmoke run on scikit-learn's 8x8 digits upscaled to 28x28 instead")
-        return digits_as_mnist()
-    source = f"MNIST from {data_dir or 'the default directory'}"
-    return Data(normalize(x_train), y_train, normalize(x_test), y_test, source)
-
-
-def digits_as_mnist() -> Data:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16)
-    images = F.interpolate(images, size=(20, 20), mode="bilinear")
-    images = F.pad(images, (4, 4, 4, 4)).squeeze(1).round().to(torch.uint8)
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    x, split = normalize(images), 1400
-    return Data(x[:split], labels[:split], x[split:], labels[split:], "sklearn digits, 28x28")
+    x_train, y_train, x_test, y_test, source = load_mnist_splits(data_dir, fallback=smoke)
+    return Data(normalize_mnist(x_train), y_train, normalize_mnist(x_test), y_test, source)
 
 
 # ---------------------------------------------------------------------------------- training

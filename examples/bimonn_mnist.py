@@ -44,7 +44,7 @@ from torch import nn
 
 import tropfx
 from tropfx import passes as tp
-from tropfx.data import ENV_VAR, load_mnist
+from tropfx.data import ENV_VAR, load_mnist_splits
 from tropfx.nn import BinaryLinear, BiSERegularizer, DenseLUI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,22 +93,7 @@ def default_data_dir() -> Path | None:
 
 def load_data(data_dir: Path | None, smoke: bool) -> tuple[torch.Tensor, ...]:
     """Binary images (N, 1, 28, 28) thresholded at 128, and labels; train then test."""
-    try:
-        splits = [load_mnist(s, root=data_dir) for s in ("train", "test")]
-        source = f"MNIST from {data_dir or 'the default directory'}"
-    except FileNotFoundError as exc:
-        if not smoke:
-            raise
-        print(f"{exc}\nsmoke run on scikit-learn's 8x8 digits upscaled to 28x28 instead")
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16)
-        images = F.pad(F.interpolate(images, size=(20, 20), mode="bilinear"), (4, 4, 4, 4))[:, 0]
-        labels = torch.tensor(digits.target)
-        splits = [(images[:1400], labels[:1400]), (images[1400:], labels[1400:])]
-        source = "sklearn digits, 28x28"
-    (xtr, ytr), (xte, yte) = splits
+    xtr, ytr, xte, yte, source = load_mnist_splits(data_dir, fallback=smoke)
     binary = lambda x: (x >= 128).float().unsqueeze(1)  # noqa: E731 - "thresholded at 128"
     return binary(xtr), ytr.long(), binary(xte), yte.long(), source
 

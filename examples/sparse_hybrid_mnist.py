@@ -50,7 +50,7 @@ from torch import nn
 
 import tropfx
 from tropfx import passes as tp
-from tropfx.data import ENV_VAR, load_mnist
+from tropfx.data import ENV_VAR, load_mnist_splits, normalize_mnist
 from tropfx.measure import count_active_params
 from tropfx.nn import Maxout, MaxPlus, SparseMaxPlus
 
@@ -59,7 +59,6 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 SETTINGS = [(0.7, 0.7), (0.7, 0.95), (0.9, 0.9), (0.95, 0.95)]  # (r1 of head.fc1, r2 of head.fc2)
 PAPER_SETTING = (0.7, 0.95)
 PAPER_CIFAR10 = {"relu": 36.5, "sparse-morph": 67.4}  # test accuracy in % at PAPER_SETTING
-MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel statistics
 FEATURES, HIDDEN, CLASSES = 512, 512, 10
 
 # The layer between the head's two BatchNorms, and how many times wider fc1 must be to feed it.
@@ -103,10 +102,6 @@ class Data:
     source: str
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float() / 255 - MEAN) / STD).unsqueeze(1)
-
-
 def default_data_dir() -> Path | None:
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
@@ -115,28 +110,8 @@ def default_data_dir() -> Path | None:
 
 def load_data(data_dir: Path | None, smoke: bool) -> Data:
     """MNIST from ``data_dir``; with ``smoke`` and no MNIST, sklearn's digits upscaled to 28x28."""
-    try:
-        x_train, y_train = load_mnist("train", root=data_dir)
-        x_test, y_test = load_mnist("test", root=data_dir)
-        source = f"MNIST from {data_dir or 'the default directory'}"
-    except FileNotFoundError as exc:
-        if not smoke:
-            raise
-        print(f"{exc}\nsmoke run on scikit-learn's 8x8 digits upscaled to 28x28 instead")
-        return digits_as_mnist()
-    return Data(normalize(x_train), y_train, normalize(x_test), y_test, source)
-
-
-def digits_as_mnist() -> Data:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16)
-    images = nn.functional.interpolate(images, size=(20, 20), mode="bilinear")
-    images = nn.functional.pad(images, (4, 4, 4, 4)).squeeze(1).round().to(torch.uint8)
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    x, split = normalize(images), 1400
-    return Data(x[:split], labels[:split], x[split:], labels[split:], "sklearn digits, 28x28")
+    x_train, y_train, x_test, y_test, source = load_mnist_splits(data_dir, fallback=smoke)
+    return Data(normalize_mnist(x_train), y_train, normalize_mnist(x_test), y_test, source)
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,

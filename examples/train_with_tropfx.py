@@ -31,12 +31,11 @@ from torch import nn
 
 import tropfx
 from tropfx import passes as tp
-from tropfx.data import ENV_VAR, load_mnist
+from tropfx.data import ENV_VAR, load_mnist_splits, normalize_mnist
 from tropfx.progress import progress
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
-MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel statistics
 
 
 class Net(nn.Module):
@@ -59,31 +58,15 @@ class Net(nn.Module):
 
 # --- data -------------------------------------------------------------------------------------
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float() / 255 - MEAN) / STD).unsqueeze(1)
-
-
 def load_data(data_dir: Path | None, smoke: bool) -> tuple[torch.Tensor, ...]:
     """``(x_train, y_train, x_test, y_test)``: MNIST, or with ``smoke`` and no MNIST, sklearn's
     digits upscaled to 28x28."""
     try:
-        x_train, y_train = load_mnist("train", root=data_dir)
-        x_test, y_test = load_mnist("test", root=data_dir)
-        print(f"MNIST from {data_dir or 'the default directory'}")
-        return normalize(x_train), y_train, normalize(x_test), y_test
+        x_train, y_train, x_test, y_test, source = load_mnist_splits(data_dir, fallback=smoke)
     except FileNotFoundError as exc:
-        if not smoke:
-            raise SystemExit(f"{exc}\n(--smoke runs on scikit-learn's digits instead)") from None
-        print(f"{exc}\nsmoke run on scikit-learn's 8x8 digits upscaled to 28x28 instead")
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16)
-    images = nn.functional.interpolate(images, size=(20, 20), mode="bilinear")
-    images = nn.functional.pad(images, (4, 4, 4, 4)).squeeze(1).round().to(torch.uint8)
-    labels = torch.tensor(digits.target, dtype=torch.long)
-    x = normalize(images)
-    return x[:1400], labels[:1400], x[1400:], labels[1400:]
+        raise SystemExit(f"{exc}\n(--smoke runs on scikit-learn's digits instead)") from None
+    print(source)
+    return normalize_mnist(x_train), y_train, normalize_mnist(x_test), y_test
 
 
 def default_data_dir() -> Path | None:

@@ -140,3 +140,16 @@ def test_real_mnist_both_splits():
         assert 0.1 < mean < 0.15  # MNIST's pixel mean is 0.1307 (train) / 0.1325 (test)
         assert x.max() == 255 and x.min() == 0
         assert (x[:, 0, :] == 0).float().mean() > 0.99  # the border is background
+
+
+def test_splits_fall_back_to_digits_only_when_asked(tmp_path, capsys):
+    from tropfx.data import MNISTNotFoundError, load_mnist_splits, normalize_mnist
+
+    with pytest.raises(MNISTNotFoundError):
+        load_mnist_splits(tmp_path)
+    x_train, y_train, x_test, y_test, source = load_mnist_splits(tmp_path, fallback=True)
+    assert "not found" in capsys.readouterr().out and source == "sklearn digits, 28x28"
+    assert x_train.shape == (1400, 28, 28) and x_train.dtype == torch.uint8 and len(y_test) == 397
+    assert x_train[:, :4].max() == 0 and x_train.max() > 200  # 4-pixel margin, full range
+    x = normalize_mnist(x_train)
+    assert x.shape == (1400, 1, 28, 28) and x.dtype == torch.float32

@@ -25,11 +25,13 @@ import torch
 
 from tropfx.errors import TropfxError
 
-__all__ = ["ENV_VAR", "IDXFormatError", "MNISTNotFoundError", "download_mnist", "load_mnist",
-           "mnist_root", "read_idx", "write_idx"]
+__all__ = ["ENV_VAR", "MNIST_MEAN", "MNIST_STD", "IDXFormatError", "MNISTNotFoundError",
+           "digits_as_mnist", "download_mnist", "load_mnist", "load_mnist_splits", "mnist_root",
+           "normalize_mnist", "read_idx", "write_idx"]
 
 ENV_VAR = "TROPFX_MNIST_DIR"
 DEFAULT_ROOT = Path("~/.cache/tropfx/mnist")
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # MNIST training-set pixel statistics
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -166,6 +168,42 @@ def load_mnist(split: str = "train", root: str | os.PathLike | None = None,
         raise IDXFormatError(f"{paths[1]}: expected {len(images)} uint8 labels to match the images, "
                              f"got {labels.dtype} {labels.shape}")
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist_splits(root: str | os.PathLike | None = None, *, fallback: bool = False,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """``(x_train, y_train, x_test, y_test, source)``: both MNIST splits (uint8 images, int64
+    labels) and a description of where they came from. With ``fallback``, missing MNIST files
+    are reported on stdout and :func:`digits_as_mnist` stands in (examples' and benchmarks'
+    ``--smoke`` runs on machines without MNIST); without it, :class:`MNISTNotFoundError`."""
+    try:
+        x_train, y_train = load_mnist("train", root=root)
+        x_test, y_test = load_mnist("test", root=root)
+    except FileNotFoundError as exc:
+        if not fallback:
+            raise
+        print(f"{exc}\nsmoke run on scikit-learn's 8x8 digits upscaled to 28x28 instead")
+        return (*digits_as_mnist(), "sklearn digits, 28x28")
+    return x_train, y_train, x_test, y_test, f"MNIST from {root or mnist_root()}"
+
+
+def digits_as_mnist() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits in MNIST's layout: each digit upscaled to 20x20 and
+    centred in 28x28 with a 4-pixel margin, uint8 0..255; 1,400 training and 397 test images."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16)
+    images = F.interpolate(images, size=(20, 20), mode="bilinear")
+    images = F.pad(images, (4, 4, 4, 4)).squeeze(1).round().to(torch.uint8)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    return images[:1400], labels[:1400], images[1400:], labels[1400:]
+
+
+def normalize_mnist(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) standardized with MNIST's mean and std."""
+    return ((images.float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
 
 def download_mnist(root: str | os.PathLike | None = None, names: list[str] | None = None,
