@@ -326,10 +326,8 @@ class TropNNC(GraphPass):
     def _labels(self, A: Tensor, b: Tensor, C: Tensor, K: int) -> Tensor:
         seed, m = self.seed, self.method
         if m in ("multi", "iterative", "neural_path_kmeans"):
-            # Alg. 2 step 1 (Alg. 3 starts from its clusters; Neural Path K-means shares them)
-            vectors = torch.cat([A.reshape(len(b), -1), b[:, None], C.T], 1)
-            T._check_layer(A.reshape(len(b), -1), b, C)  # finite weights, consistent shapes
-            return T.kmeans_labels(vectors.double(), K, seed, n_init=self.restarts)
+            # Alg. 2's clusters: Alg. 3 starts from them, Neural Path K-means shares them
+            return T.compress_multi(A, b, C, K, seed, n_init=self.restarts).labels
         if m == "single":
             return T.compress_single(A, b, C, K, seed).labels
         if m == "zonotope_kmeans":
@@ -582,14 +580,9 @@ def _consumer(u: fx.Node, v: fx.Node, lay: str, spatial: int, n: int, modules: d
 
 def _consumer_matrix(weight: Tensor, consumer: _Consumer, n: int) -> Tensor:
     """Columns ``C_:,i`` of a consumer: every weight reading channel ``i`` (TropNNC §6)."""
-    m = weight.shape[0]
-    if consumer.layout == "flat":
-        w = weight.reshape(m, n, consumer.spatial)
-    elif consumer.layout == "last":
-        w = weight
-    else:
-        w = weight
-    return w.transpose(0, 1).reshape(n, -1).T
+    if consumer.layout == "flat":  # a Linear reading (n, positions) flattened
+        weight = weight.reshape(weight.shape[0], n, consumer.spatial)
+    return weight.transpose(0, 1).reshape(n, -1).T
 
 
 def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
@@ -626,7 +619,7 @@ def _rewrite(gm: fx.GraphModule, group: _Group, modules: dict, result: T.Compres
                         result.b if keep_bias else None, **sizes)
     _set_module(gm, group.target, new_prod)
     modules[group.target] = new_prod
-    rows = torch.tensor([c.shape[0] for c in Cs]).tolist()
+    rows = [c.shape[0] for c in Cs]
     for consumer, C_new in zip(group.consumers, result.C.split(rows, 0), strict=True):
         module = modules[consumer.target]
         w = module.weight

@@ -359,7 +359,7 @@ def _neuron_vectors(A: Tensor, b: Tensor, C: Tensor) -> Tensor:
 
 
 def compress_multi(A: Tensor, b: Tensor, C: Tensor, K: int, seed: int = 0, *,
-                   max_iter: int = KMEANS_MAX_ITER) -> CompressedLayer:
+                   max_iter: int = KMEANS_MAX_ITER, n_init: int = KMEANS_N_INIT) -> CompressedLayer:
     """TropNNC Alg. 2 (non-iterative, multi-output).
 
     1. K-means with ``K`` centres on the vectors ``(a_i, b_i, C_:,i)``;
@@ -369,22 +369,26 @@ def compress_multi(A: Tensor, b: Tensor, C: Tensor, K: int, seed: int = 0, *,
     """
     A64, b64, C64 = _check_layer(A, b, C)
     K = _check_k(K, A64.shape[0])
-    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter)
+    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter,
+                           n_init=n_init)
     return _result(*_merge_mean_sum(A64, b64, C64, labels), like=(A, b, C))
 
 
 def neural_path_kmeans(A: Tensor, b: Tensor, C: Tensor, K: int, seed: int = 0, *,
-                       max_iter: int = KMEANS_MAX_ITER) -> CompressedLayer:
+                       max_iter: int = KMEANS_MAX_ITER, n_init: int = KMEANS_N_INIT,
+                       ) -> CompressedLayer:
     """Neural Path K-means (Misiakos et al. 2022), as described in TropNNC §5.2.1: the clustering
     of Alg. 2 with the cluster CENTRE (mean of ``(a_i, b_i, C_:,i)``) as representative."""
     A64, b64, C64 = _check_layer(A, b, C)
     K = _check_k(K, A64.shape[0])
-    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter)
+    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter,
+                           n_init=n_init)
     return _result(*_merge_mean_mean(A64, b64, C64, labels), like=(A, b, C))
 
 
 def compress_iterative(A: Tensor, b: Tensor, C: Tensor, K: int, seed: int = 0, num_iter: int = 10,
-                       *, max_iter: int = KMEANS_MAX_ITER) -> CompressedLayer:
+                       *, max_iter: int = KMEANS_MAX_ITER, n_init: int = KMEANS_N_INIT,
+                       ) -> CompressedLayer:
     """TropNNC Alg. 3 (iterative, multi-output), initialised by Alg. 2.
 
     Minimises, for every cluster ``k`` with neurons ``I_k`` and ``S_jk = sum_{i in I_k} C_ji
@@ -402,7 +406,8 @@ def compress_iterative(A: Tensor, b: Tensor, C: Tensor, K: int, seed: int = 0, n
     A64, b64, C64 = _check_layer(A, b, C)
     K = _check_k(K, A64.shape[0])
     _check_num_iter(num_iter)
-    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter)
+    labels = kmeans_labels(_neuron_vectors(A64, b64, C64), K, seed, max_iter=max_iter,
+                           n_init=n_init)
     return _result(*_iterate(A64, b64, C64, labels, num_iter), like=(A, b, C))
 
 
