@@ -38,7 +38,8 @@ class StageRow:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _si(n: int | None) -> str:
+def format_si(n: int | None) -> str:
+    """``1.23M``: a count with an SI suffix (k, M, G), ``-`` for None."""
     if n is None:
         return "-"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -63,7 +64,7 @@ def _layer_line(layer: dict[str, Any]) -> str:
     for key in ("params", "macs"):
         pair = layer.get(key)
         if isinstance(pair, (list, tuple)) and len(pair) == 2:
-            parts.append(f"{'MACs' if key == 'macs' else key} {_si(pair[0])} -> {_si(pair[1])}")
+            parts.append(f"{'MACs' if key == 'macs' else key} {format_si(pair[0])} -> {format_si(pair[1])}")
     if layer.get("bound") is not None:
         parts.append(f"bound {layer['bound']:.3g}")
     into = f" into {', '.join(layer['consumers'])}" if layer.get("consumers") else ""
@@ -112,8 +113,8 @@ class Report:
             table.append([
                 str(i), r.stage, "-" if r.exact is None else ("yes" if r.exact else "no"),
                 str(len(r.rewritten)) if i else "-", str(len(r.skipped)) if i else "-",
-                f"{r.params:,}", f"{r.active_params:,}", _si(r.macs),
-                *(_si(r.counts.get(k)) for k in count_keys),
+                f"{r.params:,}", f"{r.active_params:,}", format_si(r.macs),
+                *(format_si(r.counts.get(k)) for k in count_keys),
                 _err(r.max_abs_err), _err(r.max_rel_err), f"{r.seconds * 1e3:.0f} ms",
                 *(_metric(r.metrics.get(k, "-")) for k in metric_keys),
             ])

@@ -30,7 +30,7 @@ from torch import fx, nn
 
 from tropfx.errors import TracingError
 from tropfx.measure import describe_inputs, measure
-from tropfx.report import _si
+from tropfx.report import format_si
 from tropfx.tracing import trace
 
 __all__ = ["LayerSummary", "Summary", "summary"]
@@ -121,8 +121,8 @@ class Summary:
             shape = "-" if r.output_shape is None else str(tuple(r.output_shape))
             return [r.name, r.type, shape, f"{r.float_params:,}", f"{r.maxplus_params:,}",
                     f"{r.binary_params:,}", _bytes(r.memory_bytes), _bytes(r.packed_bytes),
-                    _si(r.macs), _si(r.maxplus_ops), _si(r.bitops),
-                    *(_si(r.ops.get(k)) for k in extra)]
+                    format_si(r.macs), format_si(r.maxplus_ops), format_si(r.bitops),
+                    *(format_si(r.ops.get(k)) for k in extra)]
 
         table = [header, *(cells(r) for r in self.layers), cells(self.total)]
         widths = [max(len(row[c]) for row in table) for c in range(len(header))]
