@@ -26,11 +26,10 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 WORLD, STEPS, BATCH, LR = 2, 4, 8, 0.5
 TIMEOUT_S = 90
-# fork starts the workers at once; spawn re-imports tropfx in each of them (7 s for `import
-# tropfx` alone, mostly scikit-learn, which tropfx.tropnnc imports eagerly), which took this test
-# from 5 s to 33 s on a busy 2-core machine. The workers set one intra-op thread before any torch
-# op, as DataLoader workers do, so forking after the parent used torch is safe.
-START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+# spawn, not fork: a worker forked from a pytest process whose earlier tests started thread pools
+# (OpenMP in the kernels, torch's intra-op pool) can inherit a held lock and hang -- it did, once
+# in the full suite. `import tropfx` is cheap now (scikit-learn is imported lazily).
+START_METHOD = "spawn"
 
 
 def compiled_model():
