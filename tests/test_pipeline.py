@@ -24,7 +24,8 @@ def small_net() -> nn.Module:
     return net.eval()
 
 
-X = torch.randn(2, 3, 5, 5)
+# Seeded here: a module-level draw from the global RNG would depend on which tests ran first.
+X = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(1))
 
 
 def scale_output(factor: float):
@@ -190,7 +191,10 @@ def test_structured_outputs_are_verified_leaf_by_leaf():
             return {"logits": y, "aux": (y.sum(), 3)}
 
     cm = tropfx.compile(TwoHeads().eval(), [tp.fuse_batchnorm()], example_inputs=(X,))
-    assert cm.report[1].max_rel_err < 1e-5
+    row = cm.report[1]
+    # Every leaf (logits, the scalar sum, the int) was compared; float32 rounding of the folded
+    # conv is all that differs. The sum is a single leaf, so its relative error is per-element.
+    assert row.exact and row.max_abs_err < 1e-5 and row.max_rel_err < 1e-4
     bad = tropfx.graph_pass(exact=True)(scale_output(2.0))
     with pytest.raises(VerificationError):
         tropfx.compile(small_net(), [bad], example_inputs=(X,))
