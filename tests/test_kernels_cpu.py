@@ -14,6 +14,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tropfx import kernels as K
 from tropfx.kernels import _build
@@ -323,6 +325,33 @@ def test_bool_conv2d_is_the_reference(ops, channels, out, low, high):
     expected = conv >= threshold.double()[:, None, None]
     assert_bitwise(K.unpack_bits(K.bool_conv2d(x, pos, neg, threshold, 1, 1), out, torch.bool),
                    expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_bool_conv2d_matches_the_reference_on_random_shapes(ops, data):
+    """Both CPU paths (bit-sliced at stride 1, popcount otherwise) over random geometry: rows longer
+    than one 64-bit word, channels across words, dilation, padding beyond the kernel, signed
+    multi-plane weights and thresholds past either end of the reachable sums."""
+    draw = data.draw
+    channels, out = draw(st.integers(1, 140)), draw(st.integers(1, 70))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    stride = draw(st.sampled_from([(1, 1), (1, 1), (2, 1), (1, 2)]))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 9))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 150))
+    low, high = draw(st.sampled_from([(0, 1), (0, 1), (-1, 1), (-3, 2), (0, 5)]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    x = ops.pack_bits(torch.rand(draw(st.integers(1, 2)), channels, h, w, generator=gen) < draw(
+        st.sampled_from([0.1, 0.5, 0.9])))
+    weight = torch.randint(low, high + 1, (out, channels, kh, kw), generator=gen)
+    pos, neg = K.pack_conv_weight(weight)
+    reach = int(weight.clamp(min=0).sum((1, 2, 3)).max())
+    threshold = torch.randint(-reach - 2, reach + 3, (out,), generator=gen)
+    args = (stride, (ph, pw), (dh, dw))
+    assert_bitwise(ops.bool_conv2d(x, pos, neg, threshold, *args),
+                   R.bool_conv2d_reference(x, pos, neg, threshold, *args))
 
 
 def test_binary_weights_are_one_bit_each():

@@ -1,7 +1,9 @@
 // The bit-packed boolean kernels (see boolean.h for the layouts and semantics). Torch-free.
 #include "boolean.h"
+#include "simd.h"
 
 #include <climits>
+#include <cstring>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -285,6 +287,300 @@ void bit_morph_rows(const uint64_t* padded, const uint64_t* masks, bool erode, u
       const uint64_t keep = w == Cw - 1 ? last : ~uint64_t(0);
       for (int64_t j = 0; j < g.Wo; ++j) o[j * Cw + w] = acc[j] & keep;
     }
+  }
+}
+
+// --- Bit-sliced boolean convolution (stride 1) -----------------------------------------------
+
+namespace {
+
+// One round of the 64 x 64 transpose: exchange the bits J..2J-1 of word k with the bits 0..J-1 of
+// word k + J, for the k whose bit J is clear. For J >= 4 the inner loop runs over consecutive
+// words, which the compiler vectorizes.
+template <int J>
+inline void transpose_round(uint64_t a[64]) {
+  constexpr uint64_t m = ~uint64_t(0) / ((uint64_t(1) << J) + 1);  // J ones, J zeros, ...
+  for (int base = 0; base < 64; base += 2 * J)
+    for (int k = base; k < base + J; ++k) {
+      const uint64_t t = ((a[k] >> J) ^ a[k + J]) & m;
+      a[k] ^= t << J;
+      a[k + J] ^= t;
+    }
+}
+
+// 64 x 64 bit matrix transpose in place, bit j of word k <-> bit k of word j (Warren, Hacker's
+// Delight 7-3: swap ever smaller off-diagonal blocks, 6 rounds of 32 masked exchanges).
+inline void transpose64(uint64_t a[64]) {
+  transpose_round<32>(a);
+  transpose_round<16>(a);
+  transpose_round<8>(a);
+  transpose_round<4>(a);
+  transpose_round<2>(a);
+  transpose_round<1>(a);
+}
+
+constexpr int kLanes = kVecBytes / 8;
+typedef uint64_t vbits __attribute__((vector_size(kVecBytes)));
+
+inline vbits load_bits(const uint64_t* p) {
+  vbits v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Carry-save adder: h * 2 + l = a + b + c, bitwise.
+inline __attribute__((always_inline)) void csa(vbits& h, vbits& l, vbits a, vbits b, vbits c) {
+  const vbits u = a ^ b;
+  h = (a & b) | (u & c);
+  l = u ^ c;
+}
+
+constexpr int kMaxSliceBits = 64;
+
+template <int NH>  // NH >= 0: the number of high planes, known at compile time; -1: nh
+inline __attribute__((always_inline)) void slice_count_impl(const uint64_t* image,
+                                                            const int32_t* off, int64_t n,
+                                                            int64_t q, int nh, vbits* bits) {
+  const vbits zero = {};
+  vbits ones = zero, twos = zero, fours = zero, eights = zero;
+  constexpr int kHi = NH >= 0 ? (NH > 0 ? NH : 1) : kMaxSliceBits - 4;
+  vbits hi[kHi];
+  if constexpr (NH >= 0) nh = NH;
+  for (int k = 0; k < nh; ++k) hi[k] = zero;
+  const uint64_t* b = image + q;
+  for (int64_t t = 0; t < n; t += 16) {
+    const int32_t* o = off + t;
+    vbits twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
+    // The running planes go in as c: their dependency chain is one XOR per adder.
+    csa(twos_a, ones, load_bits(b + o[0]), load_bits(b + o[1]), ones);
+    csa(twos_b, ones, load_bits(b + o[2]), load_bits(b + o[3]), ones);
+    csa(fours_a, twos, twos_a, twos_b, twos);
+    csa(twos_a, ones, load_bits(b + o[4]), load_bits(b + o[5]), ones);
+    csa(twos_b, ones, load_bits(b + o[6]), load_bits(b + o[7]), ones);
+    csa(fours_b, twos, twos_a, twos_b, twos);
+    csa(eights_a, fours, fours_a, fours_b, fours);
+    csa(twos_a, ones, load_bits(b + o[8]), load_bits(b + o[9]), ones);
+    csa(twos_b, ones, load_bits(b + o[10]), load_bits(b + o[11]), ones);
+    csa(fours_a, twos, twos_a, twos_b, twos);
+    csa(twos_a, ones, load_bits(b + o[12]), load_bits(b + o[13]), ones);
+    csa(twos_b, ones, load_bits(b + o[14]), load_bits(b + o[15]), ones);
+    csa(fours_b, twos, twos_a, twos_b, twos);
+    csa(eights_b, fours, fours_a, fours_b, fours);
+    csa(sixteens, eights, eights_a, eights_b, eights);
+    vbits carry = sixteens;
+#pragma GCC unroll 8
+    for (int k = 0; k < nh; ++k) {
+      const vbits h = hi[k];
+      hi[k] = h ^ carry;
+      carry = h & carry;
+    }
+  }
+  bits[0] = ones;
+  bits[1] = twos;
+  bits[2] = fours;
+  bits[3] = eights;
+  for (int k = 0; k < nh; ++k) bits[4 + k] = hi[k];
+}
+
+// The bit-sliced count of the ``n`` taps (a multiple of 16) at word q: bits[0 .. return value) of the
+// count, least significant first. Harley-Seal: 15 carry-save adders fold 16 taps into the 1, 2, 4
+// and 8 planes and one carry of weight 16, which ripples into the higher planes (registers when
+// there are few of them).
+inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
+                       vbits* bits) {
+  const int nh = slice_width(n) - 4;
+  switch (nh) {
+    case 0: slice_count_impl<0>(image, off, n, q, nh, bits); break;
+    case 1: slice_count_impl<1>(image, off, n, q, nh, bits); break;
+    case 2: slice_count_impl<2>(image, off, n, q, nh, bits); break;
+    case 3: slice_count_impl<3>(image, off, n, q, nh, bits); break;
+    case 4: slice_count_impl<4>(image, off, n, q, nh, bits); break;
+    case 5: slice_count_impl<5>(image, off, n, q, nh, bits); break;
+    case 6: slice_count_impl<6>(image, off, n, q, nh, bits); break;
+    default: slice_count_impl<-1>(image, off, n, q, nh, bits);
+  }
+  return 4 + nh;
+}
+
+// Lanes where the bit-sliced number bits[0 .. width) is >= t (t > 0, t < 2^width).
+inline vbits slice_at_least(const vbits* bits, int width, int64_t t) {
+  vbits gt = {}, eq = ~vbits{};
+  for (int k = width - 1; k >= 0; --k) {
+    if ((t >> k) & 1) {
+      eq &= bits[k];
+    } else {
+      gt |= eq & bits[k];
+      eq &= ~bits[k];
+    }
+  }
+  return gt | eq;
+}
+
+int bit_length(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
+
+}  // namespace
+
+int slice_width(int64_t taps) { return 4 + bit_length(uint64_t(taps / 16)); }
+
+namespace {
+
+}  // namespace
+
+SliceGeometry slice_geometry(const BitGeometry& g, int64_t C) {
+  SliceGeometry s{};
+  s.N = g.N, s.C = C, s.H = g.H, s.W = g.W, s.Cw = g.Cw;
+  s.Ho = g.Ho, s.Wo = g.Wo, s.Hq = g.Hq;
+  s.kh = g.kh, s.kw = g.kw, s.ph = g.ph, s.pw = g.pw, s.dh = g.dh, s.dw = g.dw;
+  s.Wow = (g.Wo + 63) / 64;
+  s.Lq = (g.Ho * s.Wow + kLanes - 1) / kLanes * kLanes;
+  s.Ps = g.Hq * s.Wow + kLanes;
+  s.zero = C * g.kw * s.Ps;
+  s.image = s.zero + s.Ps;
+  return s;
+}
+
+void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, int64_t t0,
+                  int64_t t1) {
+  // Channel c's row h of bits sits at rows[(c * H + h) * stride + lead], with ``lead`` zero words
+  // before it and enough after it that every word an output word reads (bits w * 64 + kj * dw - pw
+  // .. + 63) exists.
+  const int64_t Wb = (s.W + 63) / 64;
+  const int64_t lead = (s.pw + 63) / 64 + 1;
+  const int64_t reach = (s.Wow * 64 + int64_t(s.kw - 1) * s.dw + 63) / 64 + 1;
+  const int64_t stride = lead + std::max(Wb, reach) + 1;
+  std::vector<uint64_t> rows(64 * s.H * stride, 0);
+  // Where output word w of column offset kj starts: word and bit of the row buffer.
+  std::vector<int64_t> word(s.kw * s.Wow);
+  std::vector<int> bit(s.kw * s.Wow);
+  for (int kj = 0; kj < s.kw; ++kj)
+    for (int64_t w = 0; w < s.Wow; ++w) {
+      const int64_t b = lead * 64 + w * 64 + int64_t(kj) * s.dw - s.pw;
+      word[kj * s.Wow + w] = b / 64;
+      bit[kj * s.Wow + w] = int(b % 64);
+    }
+  alignas(64) uint64_t a[64];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / s.Cw, cw = t % s.Cw;
+    uint64_t* image = planes + n * s.image;
+    if (cw == 0) std::fill(image + s.zero, image + s.image, uint64_t(0));
+    const int64_t c1 = std::min<int64_t>(64, s.C - cw * 64);
+    if (c1 <= 0) continue;  // no weight reads these channels
+    // The 64 channels' rows, by 64 x 64 bit transposes of (64 pixels x 64 channels) blocks.
+    for (int64_t h = 0; h < s.H; ++h) {
+      const uint64_t* src = x + (n * s.H + h) * s.W * s.Cw + cw;
+      for (int64_t pb = 0; pb < Wb; ++pb) {
+        const int64_t w1 = std::min<int64_t>(64, s.W - pb * 64);
+        for (int64_t k = 0; k < w1; ++k) a[k] = src[(pb * 64 + k) * s.Cw];
+        for (int64_t k = w1; k < 64; ++k) a[k] = 0;
+        transpose64(a);
+        for (int64_t k = 0; k < c1; ++k) rows[(k * s.H + h) * stride + lead + pb] = a[k];
+      }
+    }
+    // Each plane (c, kj) written front to back, its padding rows and tail zeroed; a row of the
+    // buffer is read once for all kj.
+    const int64_t top = s.ph * s.Wow, body = s.H * s.Wow;
+    for (int64_t k = 0; k < c1; ++k) {
+      uint64_t* plane0 = image + (cw * 64 + k) * s.kw * s.Ps;
+      for (int kj = 0; kj < s.kw; ++kj) {
+        uint64_t* plane = plane0 + kj * s.Ps;
+        std::fill(plane, plane + top, uint64_t(0));
+        std::fill(plane + top + body, plane + s.Ps, uint64_t(0));
+      }
+      for (int64_t h = 0; h < s.H; ++h) {
+        const uint64_t* row = &rows[(k * s.H + h) * stride];
+        uint64_t* dst = plane0 + top + h * s.Wow;
+        for (int kj = 0; kj < s.kw; ++kj, dst += s.Ps) {
+          const int64_t* wi = &word[kj * s.Wow];
+          const int* bi = &bit[kj * s.Wow];
+          for (int64_t w = 0; w < s.Wow; ++w)
+            // (row[i + 1] << 1) << (63 - b): the next word's share, 0 when b == 0.
+            dst[w] = (row[wi[w]] >> bi[w]) | ((row[wi[w] + 1] << 1) << (63 - bi[w]));
+        }
+      }
+    }
+  }
+}
+
+void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& taps, const int* shift,
+                       const bool* negative, int P, const int64_t* threshold, int64_t O,
+                       const SliceGeometry& s, uint64_t* out, int64_t t0, int64_t t1) {
+  const int64_t blocks = (s.Lq + kSliceBlock - 1) / kSliceBlock, Opad = (O + 63) / 64 * 64;
+  vbits count[kMaxSliceBits], acc[kMaxSliceBits];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / blocks, q0 = t % blocks * kSliceBlock;
+    const int64_t q1 = std::min(s.Lq, q0 + kSliceBlock);
+    const uint64_t* image = planes + n * s.image;
+    for (int64_t o = 0; o < O; ++o) {
+      const SliceTaps& tp = taps[o];
+      uint64_t* dst = out + (n * Opad + o) * s.Lq;
+      // The width of every count, and of their signed, shifted sum made nonnegative: a subtracted
+      // plane adds its complement ~count = (2^width - 1) - count, and the threshold that much more.
+      // (The caller keeps every width + shift small enough for the sum to fit: see slice_fits.)
+      uint64_t top = 0, below = 0;
+      for (int p = 0; p < P; ++p) {
+        const uint64_t full = ((uint64_t(1) << slice_width(tp.begin[p + 1] - tp.begin[p])) - 1)
+                              << shift[p];
+        top += full;
+        if (negative[p]) below += full;
+      }
+      // The weighted sum lies in [-below, top]: clamping the threshold to one past either end
+      // keeps every comparison and cannot overflow.
+      const int64_t t_eff = std::clamp<int64_t>(threshold[o], -int64_t(below) - 1,
+                                                int64_t(top) + 1) + int64_t(below);
+      const int total = bit_length(top);
+      // Thresholds no count can miss or reach: constant planes.
+      if (t_eff <= 0 || t_eff > int64_t(top)) {
+        const uint64_t fill = t_eff <= 0 ? ~uint64_t(0) : 0;
+        std::fill(dst + q0, dst + q1, fill);
+        continue;
+      }
+      const bool single = P == 1 && !negative[0] && shift[0] == 0;
+      for (int64_t q = q0; q < q1; q += kLanes) {
+        vbits hit;
+        if (single) {
+          const int w = slice_count(image, tp.offsets.data(), tp.begin[1], q, count);
+          hit = slice_at_least(count, w, t_eff);
+        } else {
+          for (int k = 0; k < total; ++k) acc[k] = vbits{};
+          for (int p = 0; p < P; ++p) {
+            const int w = slice_count(image, tp.offsets.data() + tp.begin[p],
+                                      tp.begin[p + 1] - tp.begin[p], q, count);
+            vbits carry = {};
+            for (int k = shift[p]; k < total; ++k) {
+              const int b = k - shift[p];
+              const vbits v = b < w ? (negative[p] ? ~count[b] : count[b]) : vbits{};
+              const vbits a = acc[k], u = a ^ v;
+              acc[k] = u ^ carry;
+              carry = (a & v) | (carry & u);
+            }
+          }
+          hit = slice_at_least(acc, total, t_eff);
+        }
+        std::memcpy(dst + q, &hit, sizeof hit);
+      }
+    }
+    for (int64_t o = O; o < Opad; ++o) {
+      uint64_t* dst = out + (n * Opad + o) * s.Lq;
+      std::fill(dst + q0, dst + q1, uint64_t(0));
+    }
+  }
+}
+
+void slice_unpack_rows(const uint64_t* sliced, uint64_t* out, const SliceGeometry& s, int64_t Ow,
+                       int64_t t0, int64_t t1) {
+  const int64_t Opad = Ow * 64;
+  uint64_t a[64];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / s.Ho, i = t % s.Ho;
+    uint64_t* orow = out + t * s.Wo * Ow;
+    for (int64_t w = 0; w < s.Wow; ++w)
+      for (int64_t ob = 0; ob < Ow; ++ob) {
+        const uint64_t* src = sliced + (n * Opad + ob * 64) * s.Lq + i * s.Wow + w;
+        for (int k = 0; k < 64; ++k) a[k] = src[k * s.Lq];
+        transpose64(a);
+        const int64_t j1 = std::min<int64_t>(64, s.Wo - w * 64);
+        for (int64_t j = 0; j < j1; ++j) orow[(w * 64 + j) * Ow + ob] = a[j];
+      }
   }
 }
 

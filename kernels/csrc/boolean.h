@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace tropfx {
 
@@ -68,6 +69,56 @@ constexpr uint64_t kLowNibbles = 0x0f0f0f0f0f0f0f0full;
 void bool_conv_rows(const uint64_t* padded, const uint64_t* planes, const int* shift, int P, int pos,
                     const int64_t* threshold, int64_t O, const BitGeometry& g, uint64_t* out,
                     int64_t t0, int64_t t1);
+
+// Bit-sliced boolean convolution, stride 1 (the fast path of bool_conv2d). The packed input is
+// turned width-major: per image n, input channel c and column offset kj, a plane of Hq rows of Wow
+// words whose bit j of word w is the padded input at column w * 64 + j + kj * dw (Wow =
+// ceil(Wo / 64) words per row). An output word (i, w) of channel o then sums, over the taps
+// (c, ki, kj) with a weight bit set, the word (i + ki * dh, w) of plane (c, kj): 64 pixels per
+// word, one vector of words at a time, added into a bit-sliced counter with carry-save adders
+// (Harley-Seal: 5 logic operations per tap per vector). No popcount instruction is involved.
+struct SliceGeometry {
+  int64_t N, C, H, W, Cw;    // input (packed: N, H, W, Cw)
+  int64_t Ho, Wo, Hq;        // output rows / columns, padded input rows
+  int kh, kw, ph, pw, dh, dw;
+  int64_t Wow;               // words per output row, ceil(Wo / 64)
+  int64_t Lq;                // output words per (n, o) plane, Ho * Wow rounded up to whole vectors
+  int64_t Ps;                // words per input plane: Hq * Wow + room for a whole vector
+  int64_t image;             // words per image: (C * kw + 1) planes, the last one all zero
+  int64_t zero;              // offset of the zero plane in an image (padding taps read it)
+};
+
+SliceGeometry slice_geometry(const BitGeometry& g, int64_t C);
+
+// The width-major input planes of tasks t = n * Cw + cw in [t0, t1) (64 channels of one image),
+// into ``planes`` (N, image words), every word of the planes of channels < C and the zero plane
+// written.
+void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, int64_t t0,
+                  int64_t t1);
+
+// The weights of one output channel as the sliced kernel reads them: per weight plane p, tap
+// offsets (into an image of planes) padded with zero-plane taps to a multiple of 16.
+struct SliceTaps {
+  std::vector<int32_t> offsets;  // all planes, one after the other (an image < 2^31 words)
+  std::vector<int64_t> begin;    // plane p's taps: offsets[begin[p], begin[p + 1])
+};
+
+// y = [sum_p sign_p 2^shift_p count_p >= threshold], count_p the number of set taps of plane p.
+// ``taps`` (O); ``negative[p]``: plane p is subtracted. Tasks t = n * blocks + b in [t0, t1), each a
+// block of ``kSliceBlock`` output words of every channel; ``out`` (N, Opad, Lq), Opad = ceil(O /
+// 64) * 64; the rows o >= O are written with zeros.
+constexpr int64_t kSliceBlock = 8;
+// Bits of the count of ``taps`` taps (padded to a multiple of 16) as slice_conv_blocks builds it:
+// the caller takes the sliced path only if every plane's width + shift stays below 60.
+int slice_width(int64_t taps);
+void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& taps, const int* shift,
+                       const bool* negative, int P, const int64_t* threshold, int64_t O,
+                       const SliceGeometry& s, uint64_t* out, int64_t t0, int64_t t1);
+
+// Back to the packed layout: output rows t = n * Ho + i in [t0, t1) of (N, Opad, Lq) into out (N,
+// Ho, Wo, Ow).
+void slice_unpack_rows(const uint64_t* sliced, uint64_t* out, const SliceGeometry& s, int64_t Ow,
+                       int64_t t0, int64_t t1);
 
 // Binary dilation (OR) or erosion (AND) of output rows t = n * Ho + i in [t0, t1). ``padded`` is
 // padded with 0 (dilation) or all ones (erosion), word-major (N, Hq, Cw, Wq); ``masks``

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -467,6 +468,77 @@ std::vector<uint64_t> pad_bits(const Tensor& x, const tropfx::BitGeometry& g, ui
   return padded;
 }
 
+// The bit-sliced path (stride 1; see boolean.h, SliceGeometry): false if it does not apply.
+bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, const Tensor& threshold,
+                        const tropfx::BitGeometry& g, Tensor& out) {
+  if (g.sh != 1 || g.sw != 1) return false;
+  const int64_t O = pos.size(0), kh = g.kh, kw = g.kw, Pp = pos.size(3), Pn = neg.size(3);
+  const int64_t Cw = g.Cw, P = Pp + Pn;
+  // Each plane's count is at most C * kh * kw (+ padding taps); their shifted sum must fit in 60 bits.
+  const int max_width = tropfx::slice_width(ceil_div(Cw * 64 * kh * kw, 16) * 16);
+  const int planes_bits = 64 - __builtin_clzll(uint64_t(P));
+  if (max_width + std::max(Pp, Pn) + planes_bits > 60) return false;
+  const uint64_t* pp = pos.const_data_ptr<uint64_t>();
+  const uint64_t* np = neg.const_data_ptr<uint64_t>();
+  auto word = [&](int64_t o, int64_t ki, int64_t kj, int64_t p, int64_t w) {
+    return p < Pp ? pp[(((o * kh + ki) * kw + kj) * Pp + p) * Cw + w]
+                  : np[(((o * kh + ki) * kw + kj) * Pn + (p - Pp)) * Cw + w];
+  };
+  // Only the channels some weight reads get planes.
+  int64_t C = 0;
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t q = 0; q < kh * kw; ++q)
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t w = 0; w < Cw; ++w)
+          if (const uint64_t v = word(o, q / kw, q % kw, p, w))
+            C = std::max<int64_t>(C, w * 64 + 64 - __builtin_clzll(v));
+  const tropfx::SliceGeometry s = tropfx::slice_geometry(g, C);
+  if (s.image >= (int64_t(1) << 31)) return false;  // tap offsets are int32
+  std::vector<tropfx::SliceTaps> taps(O);
+  at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      tropfx::SliceTaps& t = taps[o];
+      t.offsets.reserve(P * (kh * kw * C + 16));
+      t.begin.push_back(0);
+      for (int64_t p = 0; p < P; ++p) {
+        for (int64_t ki = 0; ki < kh; ++ki)
+          for (int64_t kj = 0; kj < kw; ++kj)
+            for (int64_t w = 0; w < Cw; ++w)
+              for (uint64_t v = word(o, ki, kj, p, w); v != 0; v &= v - 1) {
+                const int64_t c = w * 64 + __builtin_ctzll(v);
+                t.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
+              }
+        while ((t.offsets.size() - t.begin.back()) % 16 != 0) t.offsets.push_back(int32_t(s.zero));
+        t.begin.push_back(int64_t(t.offsets.size()));
+      }
+    }
+  });
+  std::vector<int> shift(P);
+  std::unique_ptr<bool[]> negative(new bool[P]);
+  for (int64_t p = 0; p < P; ++p) {
+    shift[p] = int(p < Pp ? p : p - Pp);
+    negative[p] = p >= Pp;
+  }
+  // Uninitialized: the kernels write every word they read.
+  std::unique_ptr<uint64_t[]> planes(new uint64_t[s.N * s.image]);
+  const uint64_t* xp = x.const_data_ptr<uint64_t>();
+  at::parallel_for(0, s.N * g.Cw, 1, [&](int64_t t0, int64_t t1) {
+    tropfx::slice_planes(xp, planes.get(), s, t0, t1);
+  });
+  std::unique_ptr<uint64_t[]> sliced(new uint64_t[s.N * ceil_div(O, 64) * 64 * s.Lq]);
+  const int64_t blocks = ceil_div(s.Lq, tropfx::kSliceBlock);
+  const int64_t* tp = threshold.const_data_ptr<int64_t>();
+  at::parallel_for(0, s.N * blocks, 1, [&](int64_t t0, int64_t t1) {
+    tropfx::slice_conv_blocks(planes.get(), taps, shift.data(), negative.get(), int(P), tp, O, s,
+                              sliced.get(), t0, t1);
+  });
+  uint64_t* op_ = out.mutable_data_ptr<uint64_t>();
+  at::parallel_for(0, s.N * s.Ho, 4, [&](int64_t t0, int64_t t1) {
+    tropfx::slice_unpack_rows(sliced.get(), op_, s, ceil_div(O, 64), t0, t1);
+  });
+  return true;
+}
+
 Tensor bool_conv2d_cpu(const Tensor& x_, const Tensor& pos_, const Tensor& neg_, const Tensor& threshold_,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const char* op = "bool_conv2d";
@@ -491,6 +563,7 @@ Tensor bool_conv2d_cpu(const Tensor& x_, const Tensor& pos_, const Tensor& neg_,
   const int64_t Ow = ceil_div(O, 64);
   Tensor out = at::zeros({g.N, g.Ho, g.Wo, Ow}, x.options());
   if (out.numel() == 0) return out;
+  if (bool_conv2d_sliced(x, pos, neg, threshold, g, out)) return out;
   // Planes re-laid as (tiles, kh, kw, Cw, P, 2, kBoolChannels): positive planes first, each
   // word as its low and (shifted) high nibbles (see boolean.h, weight_word).
   const int P = int(Pp + Pn), OT = tropfx::kBoolChannels;
