@@ -445,8 +445,8 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
   // before it and enough after it that every word an output word reads (bits w * 64 + kj * dw - pw
   // .. + 63) exists.
   const int64_t Wb = (s.W + 63) / 64;
-  const int64_t lead = (s.pw + 63) / 64 + 1;
-  const int64_t reach = (s.Wow * 64 + int64_t(s.kw - 1) * s.dw + 63) / 64 + 1;
+  const int64_t lead = (s.pw + 63) / 64;
+  const int64_t reach = s.Wow + (int64_t(s.kw - 1) * s.dw + 63) / 64;
   const int64_t stride = lead + std::max(Wb, reach) + 1;
   std::vector<uint64_t> rows(64 * s.H * stride, 0);
   // Where output word w of column offset kj starts: word and bit of the row buffer.
@@ -465,6 +465,30 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
     if (cw == 0) std::fill(image + s.zero, image + s.image, uint64_t(0));
     const int64_t c1 = std::min<int64_t>(64, s.C - cw * 64);
     if (c1 <= 0) continue;  // no weight reads these channels
+    const int64_t top = s.ph * s.Wow, body = s.H * s.Wow;
+    for (int64_t k = 0; k < c1; ++k)
+      for (int kj = 0; kj < s.kw; ++kj) {
+        uint64_t* plane = image + ((cw * 64 + k) * s.kw + kj) * s.Ps;
+        std::fill(plane, plane + top, uint64_t(0));
+        std::fill(plane + top + body, plane + s.Ps, uint64_t(0));
+      }
+    if (Wb == 1 && s.Wow == 1) {
+      // Rows of at most 64 pixels in and out: each transposed word is a whole row, shifted
+      // straight into the kw planes.
+      for (int64_t h = 0; h < s.H; ++h) {
+        const uint64_t* src = x + (n * s.H + h) * s.W * s.Cw + cw;
+        for (int64_t k = 0; k < s.W; ++k) a[k] = src[k * s.Cw];
+        for (int64_t k = s.W; k < 64; ++k) a[k] = 0;
+        transpose64(a);
+        uint64_t* dst = image + cw * 64 * s.kw * s.Ps + top + h;
+        for (int64_t k = 0; k < c1; ++k)
+          for (int kj = 0; kj < s.kw; ++kj, dst += s.Ps) {
+            const int64_t sh = int64_t(kj) * s.dw - s.pw;  // bit j reads pixel j + sh
+            dst[0] = sh <= -64 || sh >= 64 ? 0 : sh >= 0 ? a[k] >> sh : a[k] << -sh;
+          }
+      }
+      continue;
+    }
     // The 64 channels' rows, by 64 x 64 bit transposes of (64 pixels x 64 channels) blocks.
     for (int64_t h = 0; h < s.H; ++h) {
       const uint64_t* src = x + (n * s.H + h) * s.W * s.Cw + cw;
@@ -476,16 +500,9 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
         for (int64_t k = 0; k < c1; ++k) rows[(k * s.H + h) * stride + lead + pb] = a[k];
       }
     }
-    // Each plane (c, kj) written front to back, its padding rows and tail zeroed; a row of the
-    // buffer is read once for all kj.
-    const int64_t top = s.ph * s.Wow, body = s.H * s.Wow;
+    // Each plane (c, kj) written front to back; a row of the buffer is read once for all kj.
     for (int64_t k = 0; k < c1; ++k) {
       uint64_t* plane0 = image + (cw * 64 + k) * s.kw * s.Ps;
-      for (int kj = 0; kj < s.kw; ++kj) {
-        uint64_t* plane = plane0 + kj * s.Ps;
-        std::fill(plane, plane + top, uint64_t(0));
-        std::fill(plane + top + body, plane + s.Ps, uint64_t(0));
-      }
       for (int64_t h = 0; h < s.H; ++h) {
         const uint64_t* row = &rows[(k * s.H + h) * stride];
         uint64_t* dst = plane0 + top + h * s.Wow;
