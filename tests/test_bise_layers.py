@@ -488,6 +488,35 @@ def test_acti_regularizer_trains():
         assert name.endswith("scale") or torch.isfinite(param.grad).all(), name
 
 
+def test_l_acti_fast_and_osqp_solvers_agree_in_value_and_gradient():
+    pytest.importorskip("tropfx.bise_math")
+    from tropfx.nn.bise import loss_acti
+
+    torch.manual_seed(14)
+    model = nn.Sequential(BiSEL(1, 3, 5, weight_reparam="dual"), BiSEL(3, 1, 5))
+    with torch.no_grad():  # spread the biases so that both operations and activated neurons occur
+        for layer in model:
+            layer.bise.beta.add_(torch.linspace(-2.0, 2.0, layer.bise.beta.numel()))
+    grads, values = {}, {}
+    for solver in ("fast", "osqp"):
+        reg = BiSERegularizer(model, kind="acti", weight=1.0, solver=solver)
+        assert f"solver={solver!r}" in repr(reg)
+        model.zero_grad()
+        value = reg(0)
+        value.backward()
+        values[solver] = value.detach()
+        grads[solver] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert values["fast"].item() > 0
+    torch.testing.assert_close(values["fast"], values["osqp"], rtol=1e-5, atol=1e-6)
+    assert grads["fast"].keys() == grads["osqp"].keys()
+    for name in grads["fast"]:
+        torch.testing.assert_close(grads["fast"][name], grads["osqp"][name], rtol=1e-4, atol=1e-5)
+    # the default is the fast solver
+    w, b, p = model[0].bise.neurons()
+    torch.testing.assert_close(loss_acti(w, b, p), loss_acti(w, b, p, solver="fast"))
+    assert BiSERegularizer(model, kind="acti").solver == "fast"
+
+
 # ---------------------------------------------------------------------------------------------------
 # The central claim: trained on a binary morphological target, BiSEL(1, 1, 3) binarizes exactly.
 
@@ -685,6 +714,7 @@ def test_nan_parameters_are_reported():
     (lambda: LevelSetEncoder([0.5, 0.2]), "strictly increasing"),
     (lambda: BiSERegularizer(nn.Linear(2, 2)), "holds no BiSE layer"),
     (lambda: BiSERegularizer(BiSE(3), kind="l1"), "unknown kind='l1'"),
+    (lambda: BiSERegularizer(BiSE(3), kind="acti", solver="scipy"), "solver must be 'fast'"),
     (lambda: BiSERegularizer(BiSEL(1, 1, weight_reparam="identity"), kind="acti"),
      r"\['bise', 'lui'\] use a signed weight_reparam"),
 ])

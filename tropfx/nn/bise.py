@@ -34,6 +34,7 @@ called after ``optimizer.step()``.
 
 # No ``from __future__ import annotations``: torch.fx copies the root forward's annotations into the
 # code it generates, and string annotations make the traced module unpicklable.
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -625,19 +626,22 @@ def loss_normal(weight: Tensor, bias: Tensor, scale: Tensor | None = None) -> Te
 
 
 def loss_acti(weight: Tensor, bias: Tensor, scale: Tensor | None = None, *,
-              solver: str = "osqp") -> Tensor:
+              solver: str = "fast") -> Tensor:
     """L_acti, Eqs. 30 and 40: squared distance of ``(W, b)`` to the nearest activable set.
 
     The closest ``(S*, psi*)`` and the projection ``(W*, b*)`` solve Eq. 20 for every thresholded
-    ``S`` and both operations (:func:`tropfx.bise_math.project_activable`, with OSQP as in §4.1, or
-    ``solver="fast"``: the same solution from its KKT conditions). Eqs. 35-39 write ``(W*, b*)`` as
-    the projection onto the face of ``A_{psi*, S*}`` whose constraints have nonzero dual values, an
-    affine function of ``(W, b)``; the gradient of Eq. 40 is then ``2 ((W, b) - (W*, b*))``, exactly
-    what ``||W - W*||^2 + (b - b*)^2`` gives with ``(W*, b*)`` held constant -- for erosion too, which
-    the paper does not spell out. Neurons that are already activated (for the sign of ``scale``) cost
-    0. Slow with OSQP (2 |Omega| QPs per neuron, §3.2.1): for small networks.
+    ``S`` and both operations (:func:`tropfx.bise_math.project_activable`). ``solver="fast"`` (the
+    default) solves them exactly from their KKT conditions, by sorting, vectorized over neurons;
+    ``solver="osqp"`` runs OSQP on the 2 |Omega| QPs of each neuron as in §4.1 -- the same solution
+    to about 1e-8, but too slow for more than a few neurons per step (§4.1: "the first step of
+    computing S* is too long in practice"). Eqs. 35-39 write ``(W*, b*)`` as the projection onto
+    the face of ``A_{psi*, S*}`` whose constraints have nonzero dual values, an affine function of
+    ``(W, b)``; the gradient of Eq. 40 is then ``2 ((W, b) - (W*, b*))``, exactly what
+    ``||W - W*||^2 + (b - b*)^2`` gives with ``(W*, b*)`` held constant -- for erosion too, which
+    the paper does not spell out. Neurons that are already activated (for the sign of ``scale``)
+    cost 0.
     """
-    from tropfx import bise_math  # imported here: only this loss needs the QP solver
+    from tropfx import bise_math  # imported here: only this loss needs the projection solvers
 
     p = 1.0 if scale is None else scale.detach()
     target = bise_math.project_activable(weight.detach(), bias.detach(), solver=solver, p=p)
@@ -659,19 +663,23 @@ class BiSERegularizer:
     ``kind`` is a key of :data:`REGULARIZERS` (``"exact"``, ``"unif"``, ``"normal"`` or ``"acti"``);
     ``weight`` is ``c``; before step ``start`` the term is 0 (the regularization delay of App. C).
     Neurons' losses are summed (``reduction="sum"``) or averaged (``"mean"``) over the whole model.
-    The model is read, never modified. Use::
+    ``solver`` is the projection solver of ``kind="acti"`` (:func:`loss_acti`): ``"fast"`` (exact,
+    the default) or ``"osqp"`` (the paper's, slow); other kinds ignore it. The model is read, never
+    modified. Use::
 
         reg = BiSERegularizer(model, kind="unif", weight=0.01, start=10_000)
         loss = criterion(model(x), y) + reg(step)
     """
 
     def __init__(self, model: nn.Module, kind: str = "unif", weight: float = 1.0, start: int = 0,
-                 reduction: str = "sum"):
+                 reduction: str = "sum", solver: str = "fast"):
         if kind not in REGULARIZERS:
             raise InputError(f"BiSERegularizer: unknown kind={kind!r}; use one of "
                              f"{sorted(REGULARIZERS)} or register it in REGULARIZERS")
         if reduction not in ("sum", "mean"):
             raise InputError(f"BiSERegularizer: reduction must be 'sum' or 'mean', got {reduction!r}")
+        if solver not in ("fast", "osqp"):
+            raise InputError(f"BiSERegularizer: solver must be 'fast' (exact) or 'osqp', got {solver!r}")
         if not isinstance(start, int) or start < 0 or not math.isfinite(weight):
             raise InputError(f"BiSERegularizer: need an int start >= 0 and a finite weight, got "
                              f"start={start!r}, weight={weight!r}")
@@ -687,19 +695,23 @@ class BiSERegularizer:
                                  f"(Eqs. 21-26), but {signed} use a signed weight_reparam; build them "
                                  "with weight_reparam='positive' or 'dual'")
         self.kind, self.weight, self.start, self.reduction = kind, weight, start, reduction
+        self.solver = solver
+        loss = REGULARIZERS[kind]
+        self._loss = functools.partial(loss, solver=solver) if loss is loss_acti else loss
 
     def __call__(self, step: int) -> Tensor:
         """``weight * L_morpho`` at training step ``step`` (a 0-dim tensor; exactly 0 before ``start``)."""
         first = self.layers[0][1].omega
         if step < self.start or self.weight == 0:
             return torch.zeros((), dtype=first.dtype, device=first.device)
-        per_neuron = torch.cat([REGULARIZERS[self.kind](*m.neurons()) for _, m in self.layers])
+        per_neuron = torch.cat([self._loss(*m.neurons()) for _, m in self.layers])
         total = per_neuron.sum() if self.reduction == "sum" else per_neuron.mean()
         return self.weight * total
 
     def __repr__(self) -> str:
+        solver = f", solver={self.solver!r}" if self._loss is not REGULARIZERS[self.kind] else ""
         return (f"BiSERegularizer(kind={self.kind!r}, weight={self.weight}, start={self.start}, "
-                f"reduction={self.reduction!r}, layers={len(self.layers)})")
+                f"reduction={self.reduction!r}{solver}, layers={len(self.layers)})")
 
 
 def project_(model: nn.Module) -> int:
