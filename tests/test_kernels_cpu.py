@@ -187,6 +187,30 @@ def test_sparse_maxplus_forward_and_backward_are_the_reference(ops, dtype, shape
                     assert_bitwise(g_op, g_ref, False)
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 9), n_in=st.integers(1, 40), out=st.integers(1, 40), k=st.integers(1, 6),
+       spoiled=st.booleans(), nan_bias=st.booleans(), minplus=st.booleans(), seed=st.integers(0, 2**31))
+def test_sparse_maxplus_rows_match_the_reference(ops, rows, n_in, out, k, spoiled, nan_bias, minplus,
+                                                  seed):
+    """The last-dim layout: gathered 8 outputs at a time, a row redone exactly when a term is NaN
+    (NaN or +-inf in x meeting -+inf values), a NaN bias kept."""
+    k = min(k, n_in)
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.rand(out, n_in, generator=gen).topk(k, dim=1).indices.sort(dim=1).values
+    x = grid((rows, n_in), torch.float32, gen)
+    x = spoil(x, gen) if spoiled else x
+    value = grid((out, k), torch.float32, gen)
+    bias = grid((out,), torch.float32, gen)
+    if nan_bias:
+        bias[torch.rand(out, generator=gen) < 0.3] = math.nan
+    for with_argmax in (False, True):
+        y, arg = ops.sparse_maxplus(x, index, value, bias, -1, minplus, with_argmax)
+        y_ref, arg_ref = R.sparse_maxplus_reference(x, index, value, bias, -1, minplus, with_argmax)
+        assert_bitwise(y, y_ref)
+        if with_argmax:
+            assert_bitwise(arg, arg_ref)
+
+
 def test_sparse_maxplus_grad_x_is_bitwise_for_random_grads(ops):
     gen = torch.Generator().manual_seed(4)
     x, value = torch.randn(6, 20, 5, generator=gen), torch.randn(30, 3, generator=gen)

@@ -21,7 +21,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "semantics.h"
 #include "simd.h"
@@ -324,78 +329,115 @@ inline void sparse_exact(const SparseArgs<T>& a, const T* xr, int64_t o, T& best
   arg_out = arg;
 }
 
-constexpr int kSparseRows = 4;  // rows per pass over the outputs: index and value loads amortized
-
-// kSparseRows clean rows (no NaN term can arise: ordered comparisons; a NaN bias stays, as
-// ``v > NaN`` is false) against outputs [0, out). ``idx`` / ``val``: int32 indices and +-values.
-template <typename T, bool Neg, bool Arg, int KK>  // KK: k known at compile time (small k), or 0
-void sparse_clean_rows(const SparseArgs<T>& a, const int32_t* __restrict idx,
-                       const T* __restrict val, const T* __restrict bias, const int64_t* rows) {
-  constexpr int RB = kSparseRows;
-  const T* __restrict xr[RB];
-  T* __restrict yr[RB];
-  int32_t* __restrict ar[RB];
-  for (int r = 0; r < RB; ++r) {
-    xr[r] = a.x + rows[r] * a.in;
-    yr[r] = a.y + rows[r] * a.out;
-    ar[r] = Arg ? a.arg + rows[r] * a.out : nullptr;
+#if defined(__AVX2__)
+// 8 outputs o .. o + 7 of one row, float: each term's x gathered 8 at a time. MAXPS(v, best) is
+// ``v > best ? v : best`` as the scalar code (ties and a NaN bias keep best); ``nan`` collects the
+// lanes where a term was NaN, where that order is not torch's.
+template <bool Neg, bool Arg>
+inline __attribute__((always_inline)) void sparse_fast_avx2(
+    const float* __restrict xr, const int32_t* __restrict idx, const float* __restrict val,
+    const float* __restrict bias, int64_t k, int64_t out, int64_t o, float* __restrict y,
+    int32_t* __restrict arg, __m256& nan) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  auto term = [&](int64_t j) __attribute__((always_inline)) {
+    const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + j * out + o));
+    __m256 xv = _mm256_i32gather_ps(xr, i, 4);
+    if constexpr (Neg) xv = _mm256_xor_ps(xv, sign);
+    const __m256 v = _mm256_add_ps(xv, _mm256_loadu_ps(val + j * out + o));
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return v;
+  };
+  __m256 best;
+  __m256i a = _mm256_set1_epi32(-1);
+  int64_t j = 0;
+  if (bias != nullptr) {
+    best = _mm256_loadu_ps(bias + o);
+  } else {
+    best = term(0);
+    a = _mm256_setzero_si256();
+    j = 1;
   }
+#pragma GCC unroll 4
+  for (; j < k; ++j) {
+    const __m256 v = term(j);
+    if constexpr (Arg)
+      a = _mm256_blendv_epi8(a, _mm256_set1_epi32(int32_t(j)),
+                             _mm256_castps_si256(_mm256_cmp_ps(v, best, _CMP_GT_OQ)));
+    best = _mm256_max_ps(v, best);
+  }
+  if constexpr (Neg) best = _mm256_xor_ps(best, sign);
+  _mm256_storeu_ps(y + o, best);
+  if constexpr (Arg) _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + o), a);
+}
+#endif
+
+// Row r against outputs [0, out) by ordered comparisons (a NaN bias stays, as ``v > NaN`` is
+// false), which are torch's semantics unless some term x + value is NaN: returns whether one was
+// (the caller then recomputes the row exactly). ``idx`` / ``val``: int32 indices and +-values
+// laid out (k, out), term j of output o at j * out + o.
+template <typename T, bool Neg, bool Arg, int KK>  // KK: k known at compile time (small k), or 0
+bool sparse_fast_row(const SparseArgs<T>& a, const int32_t* __restrict idx,
+                     const T* __restrict val, const T* __restrict bias, int64_t r) {
+  const T* __restrict xr = a.x + r * a.in;
+  T* __restrict yr = a.y + r * a.out;
+  int32_t* __restrict ar = Arg ? a.arg + r * a.out : nullptr;
   const int64_t k = KK > 0 ? KK : a.k, out = a.out;
-  for (int64_t o = 0; o < out; ++o) {
-    const int32_t* io = idx + o * k;
-    const T* vo = val + o * k;
-    T best[RB];
-    int32_t arg[RB];
+  int64_t o = 0;
+  bool nan_term = false;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    __m256 nan = _mm256_setzero_ps();
+    for (; o + 8 <= out; o += 8) sparse_fast_avx2<Neg, Arg>(xr, idx, val, bias, k, out, o, yr, ar, nan);
+    nan_term = _mm256_movemask_ps(nan) != 0;
+  }
+#endif
+  for (; o < out; ++o) {
+    T best;
+    int32_t arg = -1;
     int64_t j = 0;
     if (bias != nullptr) {
-      for (int r = 0; r < RB; ++r) {
-        best[r] = bias[o];
-        arg[r] = -1;
-      }
+      best = bias[o];
     } else {
-      for (int r = 0; r < RB; ++r) {
-        best[r] = (Neg ? -xr[r][io[0]] : xr[r][io[0]]) + vo[0];
-        arg[r] = 0;
-      }
+      best = (Neg ? -xr[idx[o]] : xr[idx[o]]) + val[o];
+      nan_term |= is_nan(best);
+      arg = 0;
       j = 1;
     }
-    for (; j < k; ++j) {
-      const int32_t i = io[j];
-      const T c = vo[j];
-      for (int r = 0; r < RB; ++r) {  // branch-free: the data decide, a branch would mispredict
-        const T v = (Neg ? -xr[r][i] : xr[r][i]) + c;
-        if constexpr (Arg) {
-          const int32_t take = -int32_t(v > best[r]);
-          arg[r] = (int32_t(j) & take) | (arg[r] & ~take);
-        }
-        best[r] = v > best[r] ? v : best[r];  // maxss
+    for (; j < k; ++j) {  // branch-free: the data decide, a branch would mispredict
+      const int32_t i = idx[j * out + o];
+      const T v = (Neg ? -xr[i] : xr[i]) + val[j * out + o];
+      nan_term |= is_nan(v);
+      if constexpr (Arg) {
+        const int32_t take = -int32_t(v > best);
+        arg = (int32_t(j) & take) | (arg & ~take);
       }
+      best = v > best ? v : best;  // maxss
     }
-    for (int r = 0; r < RB; ++r) {
-      yr[r][o] = Neg ? -best[r] : best[r];
-      if constexpr (Arg) ar[r][o] = arg[r];
-    }
+    yr[o] = Neg ? -best : best;
+    if constexpr (Arg) ar[o] = arg;
   }
+  return nan_term;
 }
 
 // Rows [r0, r1) of the inner == 1 layout (the product along the last dim). ``idx`` / ``val`` /
-// ``bias``: the int32 indices, and the values and bias with the sign of min-plus applied.
+// ``bias``: the int32 indices and the values, (k, out), and the bias, with the sign of min-plus
+// applied. Each row runs the fast path, and again exactly if a NaN term arose (no separate scan
+// of x for NaN / inf: the row is read once, by the gathers).
 template <typename T>
 void sparse_forward_rows(const SparseArgs<T>& a, const int32_t* idx, const T* val, const T* bias,
-                         bool values_clean, int64_t r0, int64_t r1) {
-  constexpr int RB = kSparseRows;
-  std::vector<int64_t> clean;
+                         int64_t r0, int64_t r1) {
+  using Fn = bool (*)(const SparseArgs<T>&, const int32_t*, const T*, const T*, int64_t);
+#define TROPFX_SPARSE_ROW(NEG, ARG)                                                                  \
+  {sparse_fast_row<T, NEG, ARG, 0>, sparse_fast_row<T, NEG, ARG, 1>,                               \
+   sparse_fast_row<T, NEG, ARG, 2>, sparse_fast_row<T, NEG, ARG, 3>,                               \
+   sparse_fast_row<T, NEG, ARG, 4>}
+  static constexpr Fn fns[2][2][5] = {{TROPFX_SPARSE_ROW(false, false), TROPFX_SPARSE_ROW(false, true)},
+                                      {TROPFX_SPARSE_ROW(true, false), TROPFX_SPARSE_ROW(true, true)}};
+#undef TROPFX_SPARSE_ROW
+  const Fn fn = fns[a.minplus][a.arg != nullptr][a.k <= 4 ? a.k : 0];
   for (int64_t r = r0; r < r1; ++r) {
+    if (!fn(a, idx, val, bias, r)) continue;
     const T* xr = a.x + r * a.in;
-    bool ok = values_clean;  // branch-free scan (vectorized): no NaN, no +inf in +-x
-    if (a.minplus)
-      for (int64_t i = 0; i < a.in; ++i) ok &= xr[i] > -kInf<T>;
-    else
-      for (int64_t i = 0; i < a.in; ++i) ok &= xr[i] < kInf<T>;
-    if (ok) {
-      clean.push_back(r);
-      continue;
-    }
     for (int64_t o = 0; o < a.out; ++o) {
       T v;
       int32_t arg;
@@ -404,17 +446,6 @@ void sparse_forward_rows(const SparseArgs<T>& a, const int32_t* idx, const T* va
       if (a.arg != nullptr) a.arg[r * a.out + o] = arg;
     }
   }
-  while (clean.size() % RB) clean.push_back(clean.back());  // a repeated row computes the same
-  using Fn = void (*)(const SparseArgs<T>&, const int32_t*, const T*, const T*, const int64_t*);
-#define TROPFX_SPARSE_ROW(NEG, ARG)                                                                  \
-  {sparse_clean_rows<T, NEG, ARG, 0>, sparse_clean_rows<T, NEG, ARG, 1>,                           \
-   sparse_clean_rows<T, NEG, ARG, 2>, sparse_clean_rows<T, NEG, ARG, 3>,                           \
-   sparse_clean_rows<T, NEG, ARG, 4>}
-  static constexpr Fn fns[2][2][5] = {{TROPFX_SPARSE_ROW(false, false), TROPFX_SPARSE_ROW(false, true)},
-                                      {TROPFX_SPARSE_ROW(true, false), TROPFX_SPARSE_ROW(true, true)}};
-#undef TROPFX_SPARSE_ROW
-  const Fn fn = fns[a.minplus][a.arg != nullptr][a.k <= 4 ? a.k : 0];
-  for (size_t t = 0; t < clean.size(); t += RB) fn(a, idx, val, bias, clean.data() + t);
 }
 
 // Pairs (n, o) in [t0, t1) of the inner > 1 layout, vectorized along inner (NaN-aware masks).
@@ -545,7 +576,7 @@ bool all_clean(const T* v, int64_t n, bool negate) {
   X template void dense_backward_weight<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
                                            int64_t, bool, int64_t, int64_t);                       \
   X template void sparse_forward_rows<T>(const SparseArgs<T>&, const int32_t*, const T*, const T*, \
-                                         bool, int64_t, int64_t);                                  \
+                                         int64_t, int64_t);                                        \
   X template void sparse_forward_inner<T>(const SparseArgs<T>&, int64_t, int64_t);                 \
   X template void sparse_backward_input<T>(const T*, const int32_t*, const int64_t*, T*, int64_t,  \
                                            int64_t, int64_t, int64_t, bool, int64_t, int64_t,      \

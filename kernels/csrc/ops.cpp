@@ -195,15 +195,19 @@ std::tuple<Tensor, Tensor> sparse_maxplus_cpu(const Tensor& x_, const Tensor& in
                                          outer, in, inner, out, k, minplus};
     if (inner == 1) {
       // int32 indices and signed values / bias, compact, read once per group of rows
-      const bool values_clean = tropfx::all_clean(a.value, out * k, minplus);
-      std::vector<int32_t> idx(a.index, a.index + out * k);
+      // (k, out): the kernels read term j of 8 neighbouring outputs with one load
+      std::vector<int32_t> idx(out * k);
       std::vector<scalar_t> val(out * k), b(a.bias != nullptr ? out : 0);
-      for (int64_t i = 0; i < out * k; ++i) val[i] = minplus ? -a.value[i] : a.value[i];
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t j = 0; j < k; ++j) {
+          idx[j * out + o] = int32_t(a.index[o * k + j]);
+          val[j * out + o] = minplus ? -a.value[o * k + j] : a.value[o * k + j];
+        }
       for (int64_t o = 0; o < int64_t(b.size()); ++o) b[o] = minplus ? -a.bias[o] : a.bias[o];
       const scalar_t* bp = a.bias != nullptr ? b.data() : nullptr;
-      at::parallel_for(0, outer, std::max<int64_t>(tropfx::kSparseRows, 16384 / std::max<int64_t>(out * k, 1)),
+      at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(out * k, 1)),
                        [&](int64_t r0, int64_t r1) {
-                         tropfx::sparse_forward_rows(a, idx.data(), val.data(), bp, values_clean, r0, r1);
+                         tropfx::sparse_forward_rows(a, idx.data(), val.data(), bp, r0, r1);
                        });
     } else {
       at::parallel_for(0, outer * out, std::max<int64_t>(1, 16384 / (inner * k)),
