@@ -12,7 +12,8 @@ wrapper                         operators
 ``dilation1d/2d``,              ``tropfx::dilation2d``, ``erosion2d`` (per-channel or C_in -> C_out SE),
 ``erosion1d/2d``                ``dilation2d_backward``, ``erosion2d_backward``
 ``pack_bits``, ``unpack_bits``  ``tropfx::pack_bits``, ``unpack_bits`` (channels into uint64 words)
-``bool_conv2d``                 ``tropfx::bool_conv2d``: ``1[conv2d(x, W) >= t]``, AND + popcount
+``bool_conv2d``                 ``tropfx::bool_conv2d``: ``1[conv2d(x, W) >= t]``; stride 1:
+                                bit-sliced carry-save counts, else AND + popcount
 ``binary_dilation2d/erosion2d`` ``tropfx::binary_dilation2d``, ``binary_erosion2d``: OR / AND of
                                 shifted bit planes (padding 0 for dilation, 1 for erosion)
 ==============================  =====================================================================

@@ -1,4 +1,4 @@
-"""lower_kernels: max-plus and morphological nodes -> calls of the compiled ``torch.ops.tropfx`` kernels."""
+"""lower_kernels: max-plus, morphological and binarized nodes -> calls of ``torch.ops.tropfx`` kernels."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import torch
 from torch import fx, nn
 
 from tropfx import kernels as K
+from tropfx.errors import PassError
+from tropfx.kernels import binary as KB
 from tropfx.nn import MaxPlus, SparseMaxPlus
 from tropfx.nn import functional as TF
 from tropfx.nn import morphology as TM
+from tropfx.nn.binary import BINARY_LAYERS
 from tropfx.pass_base import GraphPass, PassResult, PassStats
 
 __all__ = ["FUNCTIONS", "MODULES", "Lowering", "LowerKernels", "lower_kernels", "register_lowering"]
@@ -105,8 +108,16 @@ class LowerKernels(GraphPass):
     graph: they are a device sync per call and a data-dependent branch that ``torch.export`` cannot
     trace; NaN weights give NaN outputs, as the max-plus formula does.
 
+    Binarized layers (:class:`~tropfx.nn.ThresholdedConv2d`, :class:`~tropfx.nn.BinaryMorphology2d`,
+    :class:`~tropfx.nn.BinaryLinear`, what :func:`~tropfx.passes.binarize_bise` produces) become
+    :class:`tropfx.kernels.binary.PackedBinaryConv2d` at the same module path: ``tropfx::bool_conv2d``
+    on bit-packed tensors, the bits packed once before a chain of such layers and unpacked where they
+    leave it (``pack_feature_map`` / ``unpack_feature_map``, ``pack_features`` / ``unpack_features``).
+    Their state_dict holds the packed weight planes instead of the integer weights. Inputs are read as
+    ``x > 1/2`` as the layers read them, without the layers' NaN check and non-binary warning.
+
     Declines, with a reason: parameters or input not float32 / float64 (the kernels support no
-    other dtype).
+    other dtype); a layer called with other than one positional input.
     """
 
     name: ClassVar[str] = "lower_kernels"
@@ -139,7 +150,58 @@ class LowerKernels(GraphPass):
             else:
                 continue
             stats.rewritten.append(f"{node.name} -> {getattr(new.target, '__name__', new.target)}")
+        _lower_binary(gm, stats)
         return PassResult(gm, bool(stats.rewritten), stats)
+
+
+class _Packed(NamedTuple):
+    node: fx.Node  # the packed output of a lowered binary layer
+    kind: str      # PackedBinaryConv2d.kind: the layout
+
+
+def _lower_binary(gm: fx.GraphModule, stats: PassStats) -> None:
+    """Binarized layers -> :class:`tropfx.kernels.binary.PackedBinaryConv2d` at the same module path,
+    on packed bits: a pack before the first layer of a chain, an unpack where the bits leave it."""
+    packed_out: dict[fx.Node, _Packed] = {}  # unpack node of a lowered layer -> its packed output
+    made: dict[str, KB.PackedBinaryConv2d] = {}  # module path -> its packed twin (shared layers)
+    unpacks = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        layer = gm.get_submodule(node.target)
+        if not isinstance(layer, BINARY_LAYERS) and node.target not in made:
+            continue
+        if len(node.args) != 1 or node.kwargs:
+            if node.target in made:  # another call of a layer already lowered: keep its semantics
+                raise PassError(f"lower_kernels: module {node.target} is called both with one input "
+                                "and otherwise; call it with one positional input everywhere")
+            stats.skip(node, "called with other than one positional input")
+            continue
+        if node.target not in made:
+            device = next(iter((*layer.parameters(), *layer.buffers())), torch.empty(0)).device
+            made[node.target] = KB.PackedBinaryConv2d.from_layer(layer).to(device)
+            gm.set_submodule(node.target, made[node.target])
+        packed = made[node.target]
+        features = packed.kind == "features"
+        src = node.args[0]
+        graph = gm.graph
+        with graph.inserting_before(node):
+            if src in packed_out and packed_out[src].kind == packed.kind:
+                x = packed_out[src].node
+            else:
+                x = graph.call_function(KB.pack_features if features else KB.pack_feature_map, (src,))
+            y = graph.call_module(node.target, (x,))
+            out = graph.call_function(KB.unpack_features if features else KB.unpack_feature_map,
+                                      (y, packed.out_channels))
+        out.meta = copy.copy(node.meta)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        packed_out[out] = _Packed(y, packed.kind)
+        unpacks.append(out)
+        stats.rewritten.append(f"{node.name} -> {type(packed).__name__}")
+    for out in unpacks:  # between two lowered layers the bits stay packed
+        if not out.users:
+            gm.graph.erase_node(out)
 
 
 def _decline_dtype(node: fx.Node, tensors: list[torch.Tensor]) -> str:
