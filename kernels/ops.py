@@ -25,6 +25,7 @@ from tropfx.kernels import reference as R
 from tropfx.measure import register_cost
 from tropfx.nn import functional as TF
 from tropfx.nn import morphology as TM
+from tropfx.serialize import register_serializable
 
 __all__ = [
     "binary_dilation2d",
@@ -462,3 +463,8 @@ def _register() -> None:
         backward, setup = _morph_autograd(name)
         torch.library.register_autograd(f"tropfx::{name}", backward, setup_context=setup)
     _REGISTERED.append(True)
+
+
+# A lowered graph calls these wrappers: tropfx.save / tropfx.load store them by name.
+for _name in __all__:
+    register_serializable(globals()[_name])

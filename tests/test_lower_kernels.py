@@ -156,6 +156,15 @@ def test_torch_export_keeps_the_ops():
     assert torch.equal(torch.export.load(buf).module()(x), cm(x))
 
 
+def test_tropfx_save_and_load_a_lowered_model(tmp_path):
+    x = torch.randn(2, 3, 10, 10)
+    _, cm = lowered_cnn(x)
+    tropfx.save(cm, tmp_path / "lowered")
+    again = tropfx.load(tmp_path / "lowered")
+    assert torch.equal(again(x), cm(x))
+    assert [n.target for n in again.graph.nodes] == [n.target for n in cm.graph.nodes]
+
+
 def test_half_precision_layers_are_declined():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), MaxPlus(4, 3)).to(torch.bfloat16)
     cm = tropfx.compile(model, [tp.lower_kernels()], example_inputs=(torch.randn(2, 4).bfloat16(),))
