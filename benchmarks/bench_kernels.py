@@ -191,6 +191,22 @@ def p4(table: Table, smoke: bool, repeats: int) -> None:
     smaller = wf.nbytes / (pos.nbytes + neg.nbytes)
     table.add(case, "weight bytes float / packed", f"{wf.nbytes} / {pos.nbytes + neg.nbytes} = "
               f"{smaller:.0f}x", f"goal 32x: {verdict(smaller >= 32)}")
+    # End to end: two binarized conv layers (bool in, bool out) as binarize_bise leaves them (pure
+    # torch, float conv2d on bits) and after lower_kernels (pack, two bool_conv2d, unpack).
+    import tropfx
+    from tropfx import passes as tp
+    from tropfx.nn import ThresholdedConv2d
+
+    gen = torch.Generator().manual_seed(0)
+    layers = torch.nn.Sequential(*(ThresholdedConv2d(torch.randint(0, 2, (c, c, 3, 3), generator=gen),
+                                                     threshold, padding=1) for _ in range(2)))
+    lowered = tropfx.compile(layers, [tp.lower_kernels()], example_inputs=(xb,))
+    assert torch.equal(lowered(xb), layers(xb))
+    r = race({"layers": lambda: layers(xb), "lowered": lambda: lowered(xb)}, repeats)
+    table.add(f"P4 2 x ThresholdedConv2d {c}->{c} 3x3 N={n} {hw}x{hw}, bool in / out",
+              "torch layers ms / lower_kernels ms / speed-up",
+              f"{fmt_ms(r['layers'])} / {fmt_ms(r['lowered'])} / "
+              f"{r['layers'][0] / r['lowered'][0]:.1f}x")
 
 
 # --- P11 and P3's memory: in subprocesses -----------------------------------------------------
