@@ -331,6 +331,27 @@ def test_pack_and_unpack_bits(ops, channels):
     assert_bitwise(R.unpack_bits_reference(packed, channels, torch.bool), x)
 
 
+@settings(max_examples=60, deadline=None)
+@given(channels=st.integers(1, 140), h=st.integers(1, 3), w=st.integers(1, 140),
+       dtype=st.sampled_from([torch.bool, torch.uint8, torch.int8, torch.int32, torch.float32,
+                              torch.float64]),
+       seed=st.integers(0, 2**31))
+def test_pack_and_unpack_match_the_reference_for_every_dtype(ops, channels, h, w, dtype, seed):
+    """Rows of any length (whole 32-byte / 8-float chunks, the tail), channels across words; for
+    floats NaN and inf are nonzero, -0.0 is zero."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(2, channels, h, w, generator=gen) < 0.5).to(dtype)
+    if dtype.is_floating_point:
+        x = x * torch.randint(-3, 4, x.shape, generator=gen).to(dtype)
+        flat = x.view(-1)
+        for value in (math.nan, INF, -0.0):
+            flat[torch.randint(0, flat.numel(), (3,), generator=gen)] = value
+    packed = ops.pack_bits(x)
+    assert_bitwise(packed, R.pack_bits_reference(x))
+    for out in (torch.bool, torch.uint8, torch.float32, torch.float64):
+        assert_bitwise(ops.unpack_bits(packed, channels, out), R.unpack_bits_reference(packed, channels, out))
+
+
 @pytest.mark.parametrize("channels,out,low,high", [(3, 5, 0, 1), (64, 64, 0, 1), (64, 9, -1, 1),
                                                     (70, 130, -2, 3), (130, 7, -5, 6)])
 def test_bool_conv2d_is_the_reference(ops, channels, out, low, high):

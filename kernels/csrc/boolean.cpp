@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -14,31 +15,138 @@ namespace tropfx {
 
 // Entry points: documented in boolean.h.
 
+namespace {
+
+// One round of the 64 x 64 transpose: exchange the bits J..2J-1 of word k with the bits 0..J-1 of
+// word k + J, for the k whose bit J is clear. For J >= 4 the inner loop runs over consecutive
+// words, which the compiler vectorizes.
+template <int J>
+inline void transpose_round(uint64_t a[64]) {
+  constexpr uint64_t m = ~uint64_t(0) / ((uint64_t(1) << J) + 1);  // J ones, J zeros, ...
+  for (int base = 0; base < 64; base += 2 * J)
+    for (int k = base; k < base + J; ++k) {
+      const uint64_t t = ((a[k] >> J) ^ a[k + J]) & m;
+      a[k] ^= t << J;
+      a[k + J] ^= t;
+    }
+}
+
+// 64 x 64 bit matrix transpose in place, bit j of word k <-> bit k of word j (Warren, Hacker's
+// Delight 7-3: swap ever smaller off-diagonal blocks, 6 rounds of 32 masked exchanges).
+inline void transpose64(uint64_t a[64]) {
+  transpose_round<32>(a);
+  transpose_round<16>(a);
+  transpose_round<8>(a);
+  transpose_round<4>(a);
+  transpose_round<2>(a);
+  transpose_round<1>(a);
+}
+
+// bit j = p[j] != 0, for j < n <= 64 (NaN is nonzero, -0.0 is zero, as in C++). AVX2: chunks of
+// 32 bytes (the last one through a buffer) or 8 floats (the rest one by one).
+template <typename T>
+inline uint64_t nonzero_mask(const T* p, int64_t n) {
+  uint64_t m = 0;
+  int64_t j = 0;
+#if defined(__AVX2__)
+  if constexpr (sizeof(T) == 1) {  // bool, uint8, int8
+    const __m256i z = _mm256_setzero_si256();
+    for (; j < n; j += 32) {
+      __m256i v;
+      if (j + 32 <= n) {
+        v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + j));
+      } else {  // the tail through a zeroed buffer
+        alignas(32) uint8_t tail[32] = {};
+        std::memcpy(tail, p + j, size_t(n - j));
+        v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+      }
+      m |= uint64_t(~uint32_t(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, z)))) << j;
+    }
+  } else if constexpr (std::is_same_v<T, float>) {
+    for (; j + 8 <= n; j += 8) {
+      const __m256 v = _mm256_cmp_ps(_mm256_loadu_ps(p + j), _mm256_setzero_ps(), _CMP_NEQ_UQ);
+      m |= uint64_t(uint32_t(_mm256_movemask_ps(v))) << j;
+    }
+  }
+#endif
+  for (; j < n; ++j) m |= uint64_t(p[j] != T(0)) << j;
+  return m;
+}
+
+// out[j] = bit j of m as 0 / 1, for j < n <= 64; AVX2 chunks as in nonzero_mask.
+template <typename T>
+inline void expand_mask(uint64_t m, T* out, int64_t n) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  if constexpr (sizeof(T) == 1) {
+    // byte i of a chunk reads byte i / 8 of the chunk's 32 bits, then its bit i % 8
+    const __m256i pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                          2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i select = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+    const __m256i one = _mm256_set1_epi8(1);
+    for (; j < n; j += 32) {
+      const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(int32_t(uint32_t(m >> j))), pick);
+      const __m256i bits = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, select), select), one);
+      if (j + 32 <= n) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), bits);
+      } else {  // the tail through a buffer
+        alignas(32) uint8_t tail[32];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tail), bits);
+        std::memcpy(out + j, tail, size_t(n - j));
+      }
+    }
+  } else if constexpr (std::is_same_v<T, float>) {
+    const __m256i select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; j + 8 <= n; j += 8) {
+      const __m256i v = _mm256_and_si256(_mm256_set1_epi32(int32_t((m >> j) & 0xff)), select);
+      _mm256_storeu_ps(out + j, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, select)), one));
+    }
+  }
+#endif
+  for (; j < n; ++j) out[j] = T(float((m >> j) & 1u));
+}
+
+}  // namespace
+
+// Both by 64 x 64 bit transposes of (64 channels x 64 pixels) blocks of a row.
 template <typename T>
 void pack_bits_rows(const T* x, uint64_t* out, int64_t C, int64_t H, int64_t W, int64_t t0,
                     int64_t t1) {
   const int64_t Cw = (C + 63) / 64;
+  alignas(64) uint64_t a[64];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t / H, h = t % H;
-    uint64_t* o = out + t * W * Cw;
-    for (int64_t c = 0; c < C; ++c) {
-      const T* row = x + ((n * C + c) * H + h) * W;
-      const int shift = int(c % 64);
-      uint64_t* word = o + c / 64;
-      for (int64_t w = 0; w < W; ++w) word[w * Cw] |= uint64_t(row[w] != T(0)) << shift;
-    }
+    for (int64_t cw = 0; cw < Cw; ++cw)
+      for (int64_t p0 = 0; p0 < W; p0 += 64) {
+        const int64_t w1 = std::min<int64_t>(64, W - p0);
+        for (int64_t k = 0; k < 64; ++k) {
+          const int64_t c = cw * 64 + k;
+          a[k] = c < C ? nonzero_mask(x + ((n * C + c) * H + h) * W + p0, w1) : 0;
+        }
+        transpose64(a);
+        uint64_t* o = out + (t * W + p0) * Cw + cw;
+        for (int64_t j = 0; j < w1; ++j) o[j * Cw] = a[j];
+      }
   }
 }
 
 template <typename T>
-void unpack_bits_planes(const uint64_t* packed, T* out, int64_t C, int64_t H, int64_t W,
-                        int64_t Cw, int64_t t0, int64_t t1) {
+void unpack_bits_rows(const uint64_t* packed, T* out, int64_t C, int64_t H, int64_t W,
+                      int64_t Cw, int64_t t0, int64_t t1) {
+  alignas(64) uint64_t a[64];
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = t / C, c = t % C;
-    const uint64_t* src = packed + n * H * W * Cw + c / 64;
-    const int shift = int(c % 64);
-    T* o = out + t * H * W;
-    for (int64_t p = 0; p < H * W; ++p) o[p] = T(float((src[p * Cw] >> shift) & 1u));
+    const int64_t n = t / H, h = t % H;
+    for (int64_t cw = 0; cw < Cw; ++cw)
+      for (int64_t p0 = 0; p0 < W; p0 += 64) {
+        const int64_t w1 = std::min<int64_t>(64, W - p0);
+        const uint64_t* src = packed + (t * W + p0) * Cw + cw;
+        for (int64_t j = 0; j < 64; ++j) a[j] = j < w1 ? src[j * Cw] : 0;
+        transpose64(a);
+        const int64_t c1 = std::min<int64_t>(64, C - cw * 64);
+        for (int64_t k = 0; k < c1; ++k)
+          expand_mask(a[k], out + ((n * C + cw * 64 + k) * H + h) * W + p0, w1);
+      }
   }
 }
 
@@ -293,31 +401,6 @@ void bit_morph_rows(const uint64_t* padded, const uint64_t* masks, bool erode, u
 // --- Bit-sliced boolean convolution (stride 1) -----------------------------------------------
 
 namespace {
-
-// One round of the 64 x 64 transpose: exchange the bits J..2J-1 of word k with the bits 0..J-1 of
-// word k + J, for the k whose bit J is clear. For J >= 4 the inner loop runs over consecutive
-// words, which the compiler vectorizes.
-template <int J>
-inline void transpose_round(uint64_t a[64]) {
-  constexpr uint64_t m = ~uint64_t(0) / ((uint64_t(1) << J) + 1);  // J ones, J zeros, ...
-  for (int base = 0; base < 64; base += 2 * J)
-    for (int k = base; k < base + J; ++k) {
-      const uint64_t t = ((a[k] >> J) ^ a[k + J]) & m;
-      a[k] ^= t << J;
-      a[k + J] ^= t;
-    }
-}
-
-// 64 x 64 bit matrix transpose in place, bit j of word k <-> bit k of word j (Warren, Hacker's
-// Delight 7-3: swap ever smaller off-diagonal blocks, 6 rounds of 32 masked exchanges).
-inline void transpose64(uint64_t a[64]) {
-  transpose_round<32>(a);
-  transpose_round<16>(a);
-  transpose_round<8>(a);
-  transpose_round<4>(a);
-  transpose_round<2>(a);
-  transpose_round<1>(a);
-}
 
 constexpr int kLanes = kVecBytes / 8;
 typedef uint64_t vbits __attribute__((vector_size(kVecBytes)));
@@ -605,7 +688,7 @@ void slice_unpack_rows(const uint64_t* sliced, uint64_t* out, const SliceGeometr
   X(bool) X(uint8_t) X(int8_t) X(int16_t) X(int32_t) X(int64_t) X(float) X(double)
 #define TROPFX_PACK(T)                                                                             \
   template void pack_bits_rows<T>(const T*, uint64_t*, int64_t, int64_t, int64_t, int64_t, int64_t); \
-  template void unpack_bits_planes<T>(const uint64_t*, T*, int64_t, int64_t, int64_t, int64_t,     \
+  template void unpack_bits_rows<T>(const uint64_t*, T*, int64_t, int64_t, int64_t, int64_t,       \
                                       int64_t, int64_t);
 TROPFX_BOOLEAN_TYPES(TROPFX_PACK)
 

@@ -41,16 +41,17 @@ struct BitGeometry {
 // Entry points (defined in boolean.cpp, a torch-free translation unit). Each works on a range of
 // rows or planes; the caller splits ranges across threads.
 
-// pack: rows (n, h) in [t0, t1) of x (N, C, H, W), nonzero = 1, into out (N, H, W, Cw), zero-filled.
+// pack: rows (n, h) in [t0, t1) of x (N, C, H, W), nonzero = 1, into out (N, H, W, Cw); every word
+// of those rows is written (the bits past C are 0).
 // T: bool, uint8_t, int8_t, int16_t, int32_t, int64_t, float, double.
 template <typename T>
 void pack_bits_rows(const T* x, uint64_t* out, int64_t C, int64_t H, int64_t W, int64_t t0,
                     int64_t t1);
 
-// unpack: planes (n, c) in [t0, t1) of packed (N, H, W, Cw) into out (N, C, H, W) as 0 / 1.
+// unpack: rows (n, h) in [t0, t1) of packed (N, H, W, Cw) into out (N, C, H, W) as 0 / 1.
 template <typename T>
-void unpack_bits_planes(const uint64_t* packed, T* out, int64_t C, int64_t H, int64_t W,
-                        int64_t Cw, int64_t t0, int64_t t1);
+void unpack_bits_rows(const uint64_t* packed, T* out, int64_t C, int64_t H, int64_t W,
+                      int64_t Cw, int64_t t0, int64_t t1);
 
 // Spatial padding of rows (n, r) in [t0, t1) of the padded input with ``fill`` words, transposed to
 // the word-major layout (N, Hq, Cw, Wq): the words of neighbouring pixels are adjacent.

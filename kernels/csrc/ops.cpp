@@ -418,7 +418,7 @@ Tensor pack_bits_cpu(const Tensor& x_) {
   const bool half = x_.scalar_type() == at::kHalf || x_.scalar_type() == at::kBFloat16;
   const Tensor x = (half ? x_.to(at::kFloat) : x_).contiguous();  // nonzero is kept
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  Tensor out = at::zeros({N, H, W, ceil_div(C, 64)}, x.options().dtype(at::kUInt64));
+  Tensor out = at::empty({N, H, W, ceil_div(C, 64)}, x.options().dtype(at::kUInt64));
   if (out.numel() == 0) return out;
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, x.scalar_type(), "tropfx::pack_bits", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -443,8 +443,8 @@ Tensor unpack_bits_cpu(const Tensor& packed_, int64_t C, std::optional<at::Scala
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, out.scalar_type(), "tropfx::unpack_bits", [&] {
     const uint64_t* pp = packed.const_data_ptr<uint64_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, 1, [&](int64_t t0, int64_t t1) {
-      tropfx::unpack_bits_planes(pp, op, C, H, W, Cw, t0, t1);
+    at::parallel_for(0, N * H, 1, [&](int64_t t0, int64_t t1) {
+      tropfx::unpack_bits_rows(pp, op, C, H, W, Cw, t0, t1);
     });
   });
   return half ? out.to(want) : out;
