@@ -79,7 +79,10 @@ class PackedBinaryConv2d(nn.Module):
 
     Buffers: ``weight_pos`` / ``weight_neg`` (the bit planes of :func:`tropfx.kernels.pack_conv_weight`)
     and ``threshold`` (int64). Not trainable: binarized layers have no gradient.
+    :func:`tropfx.summary` counts the planes' bits as binary parameters (word padding included).
     """
+
+    packed_binary_buffers = ("weight_pos", "weight_neg")
 
     def __init__(self, weight: Tensor, threshold: Tensor, pads: tuple[int, int, int, int] = (0, 0, 0, 0),
                  kind: str = "feature_map"):

@@ -181,3 +181,12 @@ def test_other_calls_are_declined_or_refused():
     graph.output(graph.call_module("0", (graph.call_module("0", (x,)),), {"extra": 1}))
     with pytest.raises(PassError, match="called both"):
         tp.lower_kernels()(torch.fx.GraphModule(root, graph))
+
+
+def test_summary_counts_the_packed_weight_bits():
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Sequential(BinaryLinear(torch.randint(0, 2, (10, 128), generator=gen), 30))
+    x = torch.rand(4, 128, generator=gen) > 0.5
+    before, after = tropfx.summary(model, (x,)), tropfx.summary(lowered(model, x), (x,))
+    assert after.total.binary_params == before.total.binary_params == 10 * 128  # 128 = 2 words
+    assert after.total.memory_bytes < before.total.memory_bytes

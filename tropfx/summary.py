@@ -4,7 +4,8 @@ In the spirit of Larq's ``summary``: one row per layer of the traced graph and a
 
 * parameters split by kind: **float**, **max-plus** (the entries a layer lists in its
   ``tropical_params``: max-plus / min-plus weights and biases, structuring elements) and
-  **binary** (``torch.bool`` tensors, and those a layer lists in ``binary_params``);
+  **binary** (``torch.bool`` tensors, those a layer lists in ``binary_params``, and the bits of
+  the uint64 buffers it lists in ``packed_binary_buffers``);
 * **memory**: the bytes of the layer's parameters and buffers as stored (buffers included: a
   sparse max-plus layer's index is part of the model), and **packed**: the same with binary
   tensors at one bit per entry;
@@ -62,11 +63,14 @@ class LayerSummary:
         return self.float_params + self.maxplus_params + self.binary_params
 
     def add_tensor(self, kind: str | None, t: torch.Tensor) -> None:
-        """Count one parameter (``kind`` float / maxplus / binary) or buffer (``kind`` None)."""
+        """Count one parameter (``kind`` float / maxplus / binary), buffer (``kind`` None) or
+        already bit-packed buffer (``kind`` "packed": 64 binary entries per uint64 word)."""
         binary = kind == "binary" or (kind is None and t.dtype == torch.bool)
         self.memory_bytes += t.numel() * t.element_size()
         self.packed_bytes += (t.numel() + 7) // 8 if binary else t.numel() * t.element_size()
-        if kind == "float":
+        if kind == "packed":
+            self.binary_params += t.numel() * t.element_size() * 8
+        elif kind == "float":
             self.float_params += t.numel()
         elif kind == "maxplus":
             self.maxplus_params += t.numel()
@@ -158,6 +162,8 @@ def _kinds(module: nn.Module) -> dict[int, str]:
             kinds[id(p)] = "maxplus"
         else:
             kinds[id(p)] = "float"
+    for name in getattr(module, "packed_binary_buffers", ()):  # e.g. lowered binarized layers
+        kinds[id(getattr(module, name))] = "packed"
     return kinds
 
 
