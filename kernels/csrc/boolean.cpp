@@ -420,38 +420,37 @@ inline __attribute__((always_inline)) void csa(vbits& h, vbits& l, vbits a, vbit
 
 constexpr int kMaxSliceBits = 64;
 
-template <int NH>  // NH >= 0: the number of high planes, known at compile time; -1: nh
-inline __attribute__((always_inline)) void slice_count_impl(const uint64_t* image,
-                                                            const int32_t* off, int64_t n,
-                                                            int64_t q, int nh, vbits* bits) {
+// Eight taps folded into the running 1, 2 and 4 planes by 7 carry-save adders; returns the carry of
+// weight 8. The running planes go in as c: their dependency chain is one XOR per adder.
+inline __attribute__((always_inline)) vbits fold8(const uint64_t* b, const int32_t* o, vbits& ones,
+                                                  vbits& twos, vbits& fours) {
+  vbits twos_a, twos_b, fours_a, fours_b, eights;
+  csa(twos_a, ones, load_bits(b + o[0]), load_bits(b + o[1]), ones);
+  csa(twos_b, ones, load_bits(b + o[2]), load_bits(b + o[3]), ones);
+  csa(fours_a, twos, twos_a, twos_b, twos);
+  csa(twos_a, ones, load_bits(b + o[4]), load_bits(b + o[5]), ones);
+  csa(twos_b, ones, load_bits(b + o[6]), load_bits(b + o[7]), ones);
+  csa(fours_b, twos, twos_a, twos_b, twos);
+  csa(eights, fours, fours_a, fours_b, fours);
+  return eights;
+}
+
+// The bit-sliced count of the ``n`` taps (a multiple of 16) at word q: bits[0 .. return value) of the
+// count, least significant first. Harley-Seal: 15 carry-save adders fold 16 taps into the 1, 2, 4
+// and 8 planes and one carry of weight 16, which ripples into the higher planes.
+inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
+                       vbits* bits) {
   const vbits zero = {};
   vbits ones = zero, twos = zero, fours = zero, eights = zero;
-  constexpr int kHi = NH >= 0 ? (NH > 0 ? NH : 1) : kMaxSliceBits - 4;
-  vbits hi[kHi];
-  if constexpr (NH >= 0) nh = NH;
+  vbits* hi = bits + 4;
+  const int nh = slice_width(n) - 4;
   for (int k = 0; k < nh; ++k) hi[k] = zero;
   const uint64_t* b = image + q;
   for (int64_t t = 0; t < n; t += 16) {
-    const int32_t* o = off + t;
-    vbits twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-    // The running planes go in as c: their dependency chain is one XOR per adder.
-    csa(twos_a, ones, load_bits(b + o[0]), load_bits(b + o[1]), ones);
-    csa(twos_b, ones, load_bits(b + o[2]), load_bits(b + o[3]), ones);
-    csa(fours_a, twos, twos_a, twos_b, twos);
-    csa(twos_a, ones, load_bits(b + o[4]), load_bits(b + o[5]), ones);
-    csa(twos_b, ones, load_bits(b + o[6]), load_bits(b + o[7]), ones);
-    csa(fours_b, twos, twos_a, twos_b, twos);
-    csa(eights_a, fours, fours_a, fours_b, fours);
-    csa(twos_a, ones, load_bits(b + o[8]), load_bits(b + o[9]), ones);
-    csa(twos_b, ones, load_bits(b + o[10]), load_bits(b + o[11]), ones);
-    csa(fours_a, twos, twos_a, twos_b, twos);
-    csa(twos_a, ones, load_bits(b + o[12]), load_bits(b + o[13]), ones);
-    csa(twos_b, ones, load_bits(b + o[14]), load_bits(b + o[15]), ones);
-    csa(fours_b, twos, twos_a, twos_b, twos);
-    csa(eights_b, fours, fours_a, fours_b, fours);
-    csa(sixteens, eights, eights_a, eights_b, eights);
-    vbits carry = sixteens;
-#pragma GCC unroll 8
+    const vbits eights_a = fold8(b, off + t, ones, twos, fours);
+    const vbits eights_b = fold8(b, off + t + 8, ones, twos, fours);
+    vbits carry;
+    csa(carry, eights, eights_a, eights_b, eights);
     for (int k = 0; k < nh; ++k) {
       const vbits h = hi[k];
       hi[k] = h ^ carry;
@@ -462,26 +461,6 @@ inline __attribute__((always_inline)) void slice_count_impl(const uint64_t* imag
   bits[1] = twos;
   bits[2] = fours;
   bits[3] = eights;
-  for (int k = 0; k < nh; ++k) bits[4 + k] = hi[k];
-}
-
-// The bit-sliced count of the ``n`` taps (a multiple of 16) at word q: bits[0 .. return value) of the
-// count, least significant first. Harley-Seal: 15 carry-save adders fold 16 taps into the 1, 2, 4
-// and 8 planes and one carry of weight 16, which ripples into the higher planes (registers when
-// there are few of them).
-inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
-                       vbits* bits) {
-  const int nh = slice_width(n) - 4;
-  switch (nh) {
-    case 0: slice_count_impl<0>(image, off, n, q, nh, bits); break;
-    case 1: slice_count_impl<1>(image, off, n, q, nh, bits); break;
-    case 2: slice_count_impl<2>(image, off, n, q, nh, bits); break;
-    case 3: slice_count_impl<3>(image, off, n, q, nh, bits); break;
-    case 4: slice_count_impl<4>(image, off, n, q, nh, bits); break;
-    case 5: slice_count_impl<5>(image, off, n, q, nh, bits); break;
-    case 6: slice_count_impl<6>(image, off, n, q, nh, bits); break;
-    default: slice_count_impl<-1>(image, off, n, q, nh, bits);
-  }
   return 4 + nh;
 }
 
