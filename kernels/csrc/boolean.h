@@ -8,7 +8,10 @@
 // zero padding (a padded input contributes nothing), as F.conv2d. W is split into bit planes of
 // its positive and negative parts, W = sum_b 2^b P_b - sum_b 2^b N_b, each plane packed like x, so
 // that the sum is sum_b 2^b (popcount(x & P_b) - popcount(x & N_b)) over words: AND + popcount.
-// A {0,1} weight is one plane: 1 bit per weight.
+// A {0,1} weight is one plane: 1 bit per weight. Two kernels compute it: at stride 1 with rows of
+// at least ~40 output pixels, the bit-sliced one (SliceGeometry below: the input re-laid
+// width-major, each plane's set bits counted with carry-save adders, 64 pixels per word);
+// otherwise the channel-packed AND + popcount tiles (bool_conv_rows).
 //
 // Binary dilation / erosion by a per-channel SE S (C, kh, kw), windows as in the convolution:
 //   dilation: y[c] = OR over s in S_c of x[c] shifted by s    (padding 0, OR's neutral element),
