@@ -399,6 +399,39 @@ def test_bool_conv2d_matches_the_reference_on_random_shapes(ops, data):
                    R.bool_conv2d_reference(x, pos, neg, threshold, *args))
 
 
+@pytest.mark.parametrize("density", [0.02, 0.5, 0.98])
+def test_bool_conv2d_extreme_thresholds_exit_early_and_exactly(ops, density):
+    """Dilation-like (t = 1, 2) and erosion-like (t = |S|, |S| - 1) neurons over many taps: the
+    bit-sliced kernel may stop counting once every lane is decided; the bits must not change."""
+    gen = torch.Generator().manual_seed(int(density * 100))
+    x = ops.pack_bits(torch.rand(2, 96, 7, 64, generator=gen) < density)
+    weight = (torch.rand(8, 96, 3, 3, generator=gen) < 0.6).long()
+    size = weight.sum((1, 2, 3))
+    threshold = torch.stack([torch.tensor(1), torch.tensor(2), size[2], size[3] - 1, size[4] - 5,
+                             size[5] // 5, size[6], size[7] + 1])
+    pos, neg = K.pack_conv_weight(weight)
+    for padding in ((1, 1), (0, 0)):
+        assert_bitwise(ops.bool_conv2d(x, pos, neg, threshold, (1, 1), padding, (1, 1)),
+                       R.bool_conv2d_reference(x, pos, neg, threshold, (1, 1), padding, (1, 1)))
+
+
+@pytest.mark.parametrize("width", [41, 62, 64, 100, 128])
+def test_bool_conv2d_early_exit_waits_for_the_last_pixel_of_a_row(ops, width):
+    """Every pixel decided early but one at the end of a row (and one in the last row): a dilation
+    over ones with a hole, an erosion over zeros with a spot. The undecided pixel must not be
+    taken for padding."""
+    weight = torch.ones(4, 96, 3, 3, dtype=torch.long)
+    pos, neg = K.pack_conv_weight(weight)
+    for value, threshold in ((True, torch.ones(4, dtype=torch.long)), (False, weight.sum((1, 2, 3)))):
+        x = torch.full((1, 96, 9, width), value)
+        x[:, :, 2:7, width - 3:] = not value  # around the last pixel of rows 3..5
+        x[:, :, 6:, width // 2 - 2:width // 2 + 2] = not value  # in the last rows
+        packed = ops.pack_bits(x)
+        for padding in ((1, 1), (0, 0)):
+            assert_bitwise(ops.bool_conv2d(packed, pos, neg, threshold, (1, 1), padding, (1, 1)),
+                           R.bool_conv2d_reference(packed, pos, neg, threshold, (1, 1), padding, (1, 1)))
+
+
 def test_binary_weights_are_one_bit_each():
     weight = torch.randint(0, 2, (64, 64, 3, 3))
     pos, neg = K.pack_conv_weight(weight)

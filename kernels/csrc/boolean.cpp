@@ -478,6 +478,63 @@ inline vbits slice_at_least(const vbits* bits, int width, int64_t t) {
   return gt | eq;
 }
 
+inline bool all_lanes(vbits m, uint64_t value) {
+  for (int k = 0; k < kLanes; ++k)
+    if (m[k] != value) return false;
+  return true;
+}
+
+// The lanes of the vector at word q that are output pixels (not the tail of a row's last word,
+// not the words past the last row).
+inline vbits valid_lanes(const SliceGeometry& s, int64_t q) {
+  vbits v;
+  const int tail = int(s.Wo - 64 * (s.Wow - 1));  // pixels in a row's last word, 1 .. 64
+  for (int k = 0; k < kLanes; ++k) {
+    const int64_t word = q + k, row = word / s.Wow;
+    const bool last = word % s.Wow == s.Wow - 1;
+    v[k] = row >= s.Ho ? 0 : last && tail < 64 ? (uint64_t(1) << tail) - 1 : ~uint64_t(0);
+  }
+  return v;
+}
+
+// 1[count >= t] for a plane of nonnegative taps (0 < t <= real, the taps before padding), with an
+// early exit: when t is small every valid lane may reach it long before the last tap (a dilation:
+// t = 1), when t is large every valid lane may fall out of reach (an erosion: t = |S|); the other
+// lanes' bits are never read. Checked every 32 taps, and only for t in the outer quarters of
+// [0, real], where a mid threshold would rarely exit.
+inline vbits slice_threshold(const uint64_t* image, const int32_t* off, int64_t n, int64_t real,
+                             int64_t q, int64_t t, vbits valid, vbits* bits) {
+  const bool watch_high = 4 * t <= real, watch_low = 4 * t >= 3 * real;
+  if (!watch_high && !watch_low) {
+    const int w = slice_count(image, off, n, q, bits);
+    return slice_at_least(bits, w, t);
+  }
+  const vbits zero = {};
+  vbits ones = zero, twos = zero, fours = zero, eights = zero;
+  vbits* hi = bits + 4;
+  const int nh = slice_width(n) - 4, width = 4 + nh;
+  for (int k = 0; k < nh; ++k) hi[k] = zero;
+  const uint64_t* b = image + q;
+  for (int64_t t0 = 0; t0 < n; t0 += 16) {
+    const vbits eights_a = fold8(b, off + t0, ones, twos, fours);
+    const vbits eights_b = fold8(b, off + t0 + 8, ones, twos, fours);
+    vbits carry;
+    csa(carry, eights, eights_a, eights_b, eights);
+    for (int k = 0; k < nh; ++k) {
+      const vbits h = hi[k];
+      hi[k] = h ^ carry;
+      carry = h & carry;
+    }
+    if (t0 % 32 != 16 || t0 + 16 >= n) continue;
+    bits[0] = ones, bits[1] = twos, bits[2] = fours, bits[3] = eights;  // the count so far
+    if (watch_high && all_lanes(slice_at_least(bits, width, t) | ~valid, ~uint64_t(0))) return ~zero;
+    const int64_t need = t - std::max<int64_t>(0, real - (t0 + 16));  // what the rest cannot add
+    if (watch_low && need > 0 && all_lanes(slice_at_least(bits, width, need) & valid, 0)) return zero;
+  }
+  bits[0] = ones, bits[1] = twos, bits[2] = fours, bits[3] = eights;
+  return slice_at_least(bits, width, t);
+}
+
 int bit_length(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
 
 }  // namespace
@@ -614,11 +671,15 @@ void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& tap
         continue;
       }
       const bool single = P == 1 && !negative[0] && shift[0] == 0;
+      if (single && t_eff > tp.real[0]) {  // more than all the taps
+        std::fill(dst + q0, dst + q1, uint64_t(0));
+        continue;
+      }
       for (int64_t q = q0; q < q1; q += kLanes) {
         vbits hit;
         if (single) {
-          const int w = slice_count(image, tp.offsets.data(), tp.begin[1], q, count);
-          hit = slice_at_least(count, w, t_eff);
+          hit = slice_threshold(image, tp.offsets.data(), tp.begin[1], tp.real[0], q, t_eff,
+                                valid_lanes(s, q), count);
         } else {
           for (int k = 0; k < total; ++k) acc[k] = vbits{};
           for (int p = 0; p < P; ++p) {

@@ -105,6 +105,7 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
 struct SliceTaps {
   std::vector<int32_t> offsets;  // all planes, one after the other (an image < 2^31 words)
   std::vector<int64_t> begin;    // plane p's taps: offsets[begin[p], begin[p + 1])
+  std::vector<int64_t> real;     // plane p's taps before the zero-plane padding
 };
 
 // y = [sum_p sign_p 2^shift_p count_p >= threshold], count_p the number of set taps of plane p.

@@ -516,6 +516,7 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
                 const int64_t c = w * 64 + __builtin_ctzll(v);
                 t.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
               }
+        t.real.push_back(int64_t(t.offsets.size()) - t.begin.back());
         while ((t.offsets.size() - t.begin.back()) % 16 != 0) t.offsets.push_back(int32_t(s.zero));
         t.begin.push_back(int64_t(t.offsets.size()));
       }
