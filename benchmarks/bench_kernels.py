@@ -11,8 +11,11 @@ Goals (issue 6):
       bytes (x read, y written; with the argmax, its int32 written too).
 * P3  dilation 3x3 (per channel), 64 channels, 56x56, N=8: <= 2x torch max_pool2d of the same window,
       >= 10x faster than the unfold-based reference (tropfx.nn.morphology), memory ~ the output.
-* P4  boolean conv 64 -> 64, 3x3, 56x56, N=8 (bit-packed, {0,1} weights, AND + popcount) vs torch
-      float conv2d of the same shape: >= 20x faster; weights 32x smaller.
+* P4  boolean conv 64 -> 64, 3x3, 56x56, N=8 (bit-packed, {0,1} weights; the bit-sliced kernel
+      at this size) vs torch float conv2d of the same shape: >= 20x faster; weights 32x smaller.
+      The threshold is each output's median count (half the outputs fire, no early exit);
+      dilation-like (t = 1) and erosion-like (t = |S|) thresholds are timed too, and two
+      binarized layers end to end, pure torch against lower_kernels.
 * P11 dense max-plus forward + backward, B=4096, 4096 -> 4096: < 1 GiB of extra memory.
 
 Timing: the candidates of one figure run interleaved (A, B, A, B, ...) and each keeps its best
