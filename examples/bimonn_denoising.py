@@ -17,7 +17,10 @@ parameters, Eq. 20) into a network of boolean dilations and erosions.
 
 Besides the paper's protocol (``none``: no regularization), ``--regularizers`` can add
 ``c * L_acti`` (Eqs. 30, 40: the squared distance to the activable set, with the exact fast
-solver, cheap for 10 neurons; ``acti``) or ``c * L_exact`` (Eq. 41; ``exact``) after a delay.
+solver, cheap for 10 neurons; ``acti``) or ``c * L_exact`` (Eq. 41; ``exact``) after a delay,
+and ``opening`` trains the same network without regularization from :func:`opening_network`, the
+union of openings written as activated BiSE neurons: a diagnostic of whether the training
+objective keeps a morphological solution once it is there.
 
 Reported: DICE of the float network (thresholded at 1/2) and of the binarized one on fresh images
 (the paper: 97.5 %), how many of the 6 BiSE neurons are activated (the paper: 4), the pass's
@@ -50,11 +53,15 @@ from torch import nn
 import tropfx
 from tropfx import passes as tp
 from tropfx.nn import BinaryMorphology2d, BiSEL, BiSERegularizer, ThresholdedConv2d
+from tropfx.nn.bise import softplus_inverse
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_DICE = 97.5  # %, binarized network, §5.1
 PAPER_ACTIVATED = (4, 6)  # BiSE neurons activated after training
-KINDS = {"none": None, "acti": "acti", "exact": "exact"}  # --regularizers -> BiSERegularizer kind
+# --regularizers -> BiSERegularizer kind. "opening" trains without one, from opening_network().
+KINDS = {"none": None, "acti": "acti", "exact": "exact", "opening": None}
+LABELS = {"none": "no regularization", "acti": "L_acti", "exact": "L_exact",
+          "opening": "no regularization, started at the openings (diagnostic)"}
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -87,20 +94,26 @@ def sticks(n: int, size: int, rng: np.random.Generator, *, count: int = 30, leng
     return as_tensor(noisy), as_tensor(clean)
 
 
-def line_opening(x: torch.Tensor, angles, length: int = 5) -> torch.Tensor:
-    """The morphologist's filter of §5.1: the union over ``angles`` (degrees, oriented as in
-    :func:`sticks`) of the openings of the bits ``x > 1/2`` by a digital segment of ``length``
-    pixels; the outside of the image is background."""
+def segments(angles, length: int = 5) -> torch.Tensor:
+    """Digital segments of ``length`` pixels through the centre of a ``length`` x ``length`` window,
+    one per angle (degrees, oriented as in :func:`sticks`): (len(angles), length, length) in {0, 1}."""
     c = length // 2
-    bits, out = (x > 0.5).float(), torch.zeros(x.shape, dtype=torch.bool)
-    for theta in np.deg2rad(np.asarray(angles, dtype=np.float64)):
+    se = torch.zeros(len(angles), length, length)
+    for i, theta in enumerate(np.deg2rad(np.asarray(angles, dtype=np.float64))):
         step = np.array([np.sin(theta), np.cos(theta)]) / max(abs(np.sin(theta)), abs(np.cos(theta)))
-        se = torch.zeros(1, 1, length, length)
         for t in range(-c, c + 1):
             dy, dx = np.rint(t * step).astype(int)
-            se[0, 0, c + dy, c + dx] = 1
-        eroded = F.conv2d(bits, se, padding=c) >= se.sum() - 0.5  # symmetric SE: no reflection
-        out |= F.conv2d(eroded.float(), se, padding=c) > 0.5
+            se[i, c + dy, c + dx] = 1
+    return se
+
+
+def line_opening(x: torch.Tensor, angles, length: int = 5) -> torch.Tensor:
+    """The morphologist's filter of §5.1: the union over ``angles`` of the openings of the bits
+    ``x > 1/2`` by the :func:`segments`; the outside of the image is background."""
+    bits, out = (x > 0.5).float(), torch.zeros(x.shape, dtype=torch.bool)
+    for se in segments(angles, length)[:, None, None]:  # symmetric SEs: no reflection needed
+        eroded = F.conv2d(bits, se, padding=length // 2) >= se.sum() - 0.5
+        out |= F.conv2d(eroded.float(), se, padding=length // 2) > 0.5
     return out
 
 
@@ -122,6 +135,28 @@ def bimonn(input_mean: float) -> nn.Sequential:
     """Two BiSEL layers, kernel 5, 3 hidden channels; dual weights, positive bias (§5.1)."""
     options = {"weight_reparam": "dual", "bias_reparam": "positive"}
     return nn.Sequential(BiSEL(1, 3, 5, input_mean=input_mean, **options), BiSEL(3, 1, 5, **options))
+
+
+def opening_network(input_mean: float, angles, *, scale: float = 10.0,
+                    lui_scale: float = 5.0) -> nn.Sequential:
+    """:func:`bimonn` set to :func:`line_opening` (a diagnostic start, not the paper's protocol):
+    layer 1 erodes by the three :func:`segments`, its LUIs copy them, layer 2 dilates each by
+    its segment and its LUI (equal weights) takes the union. Every neuron is activated
+    (Thm 2.3): its bias lies half a weight of ``S`` inside its interval."""
+    model = bimonn(input_mean)
+    with torch.no_grad():
+        for layer, erosion in zip(model, (True, False), strict=True):
+            se = segments(angles, 5).flatten(1)
+            layer.bise.omega.copy_(softplus_inverse(se + 1e-3).view_as(layer.bise.omega))
+            w = layer.bise.neurons().weight
+            half = w.max(1).values / 2
+            layer.bise.beta.copy_(softplus_inverse(w.sum(1) - half if erosion else half))
+            layer.bise.scale.fill_(scale)
+        for lui in (model[0].lui, model[1].lui):  # unions (of one channel: copies)
+            lui.omega.zero_()  # equal weights
+            lui.beta.copy_(softplus_inverse(lui.neurons().weight.min(1).values / 2))
+            lui.scale.fill_(lui_scale)
+    return model
 
 
 def train(model: nn.Module, rng: np.random.Generator, kind: str, args: argparse.Namespace) -> dict:
@@ -225,6 +260,9 @@ def draw(model: nn.Module, binary: nn.Module, out: Path, x: torch.Tensor, y: tor
 
 def markdown(result: dict) -> str:
     c = result["config"]
+    mean = "the data's mean" if c["input_mean"] is None else c["input_mean"]
+    init = (f"by App. B (p = 1, first-layer bias from E(x_0) = {mean}; the `opening` run: "
+            "set to the union of openings, p = 10 on BiSE and 5 on LUI neurons)")
     lines = [
         "# BiMoNN binary denoising (BiSE paper §5.1)",
         "",
@@ -234,10 +272,11 @@ def markdown(result: dict) -> str:
         f"Data: {c['size']}x{c['size']} images, {c['sticks']} sticks each (length 12-15, width "
         f"{c['width']}, angles {c['angles']} degrees), salt noise p = {c['noise']}; fresh images "
         f"every batch of {c['batch']}; test set {c['test_images']} images (seed {c['seed'] + 1}).",
-        f"Model: BiSEL(1, 3, 5) -> BiSEL(3, 1, 5), dual weights, positive bias; MSE, Adam lr "
-        f"{c['lr']}, halved after {c['patience']} iterations without a new best loss, stop after "
-        f"{3 * c['patience']}, at most {c['iterations']} iterations. Regularizers (ours, not the "
-        f"paper's protocol): c * L from iteration {c['reg_start']:.0%} on, c = {c['reg_weight']}.",
+        f"Model: BiSEL(1, 3, 5) -> BiSEL(3, 1, 5), dual weights, positive bias, initialized {init}; "
+        f"MSE, Adam lr {c['lr']} (scales p: x{c['scale_lr']}), halved after {c['patience']} "
+        f"iterations without a new best loss, stop after {3 * c['patience']}, at most "
+        f"{c['iterations']} iterations. Regularizers (ours, not the paper's protocol): c * L from "
+        f"iteration {c['reg_start']:.0%} on, c = {c['reg_weight']}.",
         "",
         "| training | network | DICE (%) | activated BiSE neurons (of 6) | agreement with float > 1/2 |",
         "| --- | --- | --- | --- | --- |",
@@ -247,7 +286,7 @@ def markdown(result: dict) -> str:
         f"{result['opening_dice']:.2f} | - | - |",
     ]
     for kind, run in result["runs"].items():
-        label = f"ours, {'no regularization' if kind == 'none' else 'L_' + kind}"
+        label = f"ours, {LABELS[kind]}"
         lines.append(f"| {label} | float, thresholded at 1/2 | {run['float_dice']:.2f} | - | - |")
         for b in run["binarized"]:
             lines.append(f"| {label} | binarized ({b['method']}) | {b['dice']:.2f} | "
@@ -293,8 +332,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "mean); 0.5 starts it halfway between dilation and erosion")
     parser.add_argument("--scale-lr", type=float, default=1.0,
                         help="learning rate of the scales p, as a multiple of --lr (default 1)")
-    parser.add_argument("--regularizers", nargs="+", choices=list(KINDS), default=["none", "acti"],
-                        help="one training per entry (default: none acti)")
+    parser.add_argument("--regularizers", nargs="+", choices=list(KINDS),
+                        default=["none", "acti", "opening"],
+                        help="one training per entry (default: none acti opening)")
     parser.add_argument("--reg-weight", type=float, default=0.01, help="c of c * L (0.01)")
     parser.add_argument("--reg-start", type=float, default=0.25,
                         help="fraction of the iterations before the regularization starts (0.25)")
@@ -306,7 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", type=Path, default=None, metavar="JSON",
                         help="skip training: binarize the models saved in an earlier results JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: 40 iterations, 8 test images")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "opening" in args.regularizers and len(args.angles) != 3:
+        parser.error("the 'opening' run sets one segment per hidden channel: give 3 --angles")
+    return args
 
 
 def run(kind: str, x_test: torch.Tensor, y_test: torch.Tensor, out: Path,
@@ -315,7 +358,8 @@ def run(kind: str, x_test: torch.Tensor, y_test: torch.Tensor, out: Path,
     JSON -- binarize it both ways, draw it."""
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
-    model = bimonn(input_mean=float(x_test.mean()) if args.input_mean is None else args.input_mean)
+    input_mean = float(x_test.mean()) if args.input_mean is None else args.input_mean
+    model = opening_network(input_mean, args.angles) if kind == "opening" else bimonn(input_mean)
     if saved is not None:
         model.load_state_dict({k: torch.tensor(v) for k, v in saved["state"].items()})
         training = saved["training"]
