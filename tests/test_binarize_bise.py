@@ -392,6 +392,13 @@ def test_bad_inputs_are_named(x, match):
         BinaryMorphology2d(torch.ones(1, 3, 3, dtype=torch.bool))(x)
 
 
+def test_an_input_smaller_than_the_window_is_named():
+    for layer in (BinaryMorphology2d(torch.ones(1, 3, 3, dtype=torch.bool), padding=0),
+                  ThresholdedConv2d(torch.ones(1, 1, 3, 3, dtype=torch.int8), 1)):
+        with pytest.raises(InputError, match=f"{type(layer).__name__}: the input .* is smaller"):
+            layer(torch.zeros(1, 1, 2, 5, dtype=torch.bool))
+
+
 def test_bad_layer_parameters_are_named():
     with pytest.raises(ParameterError, match=r"BinaryMorphology2d: the structuring element of "
                                              r"channel\(s\) \[1\] is empty"):

@@ -76,7 +76,7 @@ def test_random_binary_conv_chains_lower_bitwise(data):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model(x)
-    except (tropfx.TropfxError, RuntimeError):
+    except tropfx.TropfxError:
         return  # the window does not fit the padded input: nothing to lower
     cm = lowered(model, x)
     assert sum(isinstance(m, PackedBinaryConv2d) for m in cm.modules()) == len(layers)

@@ -303,6 +303,10 @@ class ThresholdedConv2d(_Thresholded):
     def forward(self, x: Tensor) -> Tensor:
         bits = as_bits(self, x, f"(N, {self.in_channels}, H, W)", self.in_channels, 2)
         xs = F.pad(bits.to(self.sum_dtype), self._pads)
+        kh, kw = self.kernel_size
+        if xs.shape[2] < kh or xs.shape[3] < kw:
+            raise InputError(f"{type(self).__name__}: the input {tuple(x.shape)} is smaller than the "
+                             f"{kh}x{kw} window after padding {self.padding!r}")
         sums = F.conv2d(xs, self.weight.to(self.sum_dtype), groups=self.groups)
         return self._finish(sums, 2)
 
