@@ -188,7 +188,7 @@ def test_sparse_maxplus_forward_and_backward_are_the_reference(ops, dtype, shape
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 9), n_in=st.integers(1, 40), out=st.integers(1, 40), k=st.integers(1, 6),
+@given(rows=st.integers(1, 20), n_in=st.integers(1, 40), out=st.integers(1, 40), k=st.integers(1, 6),
        spoiled=st.booleans(), nan_bias=st.booleans(), minplus=st.booleans(), seed=st.integers(0, 2**31))
 def test_sparse_maxplus_rows_match_the_reference(ops, rows, n_in, out, k, spoiled, nan_bias, minplus,
                                                   seed):

@@ -419,6 +419,102 @@ bool sparse_fast_row(const SparseArgs<T>& a, const int32_t* __restrict idx,
   return nan_term;
 }
 
+#if defined(__AVX2__)
+// 8 x 8 float transpose in registers: r[j] lane i <-> r[i] lane j.
+inline void transpose8x8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {
+    u[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+    r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+  }
+}
+
+// A (rows x cols) block of a row-major matrix (leading dimension ld) into (cols x 8) with rows
+// as the fast dimension: dst[c * 8 + r] = src[r * ld + c], for 8 rows; cols a multiple of 8 in
+// whole tiles, the rest one by one.
+template <typename U>
+inline void rows8_to_columns(const U* src, int64_t ld, int64_t cols, U* dst) {
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    __m256 r[8];
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(reinterpret_cast<const float*>(src + j * ld + c));
+    transpose8x8(r);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(reinterpret_cast<float*>(dst + (c + j) * 8), r[j]);
+  }
+  for (; c < cols; ++c)
+    for (int j = 0; j < 8; ++j) dst[c * 8 + j] = src[j * ld + c];
+}
+
+// The inverse: src (cols x 8) back into 8 rows of dst (leading dimension ld).
+template <typename U>
+inline void columns_to_rows8(const U* src, int64_t cols, U* dst, int64_t ld) {
+  int64_t c = 0;
+  for (; c + 8 <= cols; c += 8) {
+    __m256 r[8];
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(reinterpret_cast<const float*>(src + (c + j) * 8));
+    transpose8x8(r);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(reinterpret_cast<float*>(dst + j * ld + c), r[j]);
+  }
+  for (; c < cols; ++c)
+    for (int j = 0; j < 8; ++j) dst[j * ld + c] = src[c * 8 + j];
+}
+
+// Rows r .. r + 7 at once, float, by transposing them: the 8 rows' x at input i is one vector
+// (xt + 8 i), so each term is a plain load instead of a gather; the outputs come back through the
+// inverse transpose. Returns whether some term was NaN (the caller redoes those rows exactly).
+template <bool Neg, bool Arg>
+bool sparse_rows8_avx2(const SparseArgs<float>& a, const int32_t* __restrict idx,
+                       const float* __restrict val, const float* __restrict bias, int64_t r,
+                       float* __restrict xt, float* __restrict yt, int32_t* __restrict at) {
+  const int64_t k = a.k, out = a.out;
+  rows8_to_columns(a.x + r * a.in, a.in, a.in, xt);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 nan = _mm256_setzero_ps();
+  for (int64_t o = 0; o < out; ++o) {
+    auto term = [&](int64_t j) __attribute__((always_inline)) {
+      __m256 xv = _mm256_load_ps(xt + 8 * int64_t(idx[j * out + o]));
+      if constexpr (Neg) xv = _mm256_xor_ps(xv, sign);
+      const __m256 v = _mm256_add_ps(xv, _mm256_set1_ps(val[j * out + o]));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      return v;
+    };
+    __m256 best;
+    __m256i arg = _mm256_set1_epi32(-1);
+    int64_t j = 0;
+    if (bias != nullptr) {
+      best = _mm256_set1_ps(bias[o]);
+    } else {
+      best = term(0);
+      arg = _mm256_setzero_si256();
+      j = 1;
+    }
+    for (; j < k; ++j) {
+      const __m256 v = term(j);
+      if constexpr (Arg)
+        arg = _mm256_blendv_epi8(arg, _mm256_set1_epi32(int32_t(j)),
+                                 _mm256_castps_si256(_mm256_cmp_ps(v, best, _CMP_GT_OQ)));
+      best = _mm256_max_ps(v, best);  // v > best ? v : best, as the scalar code
+    }
+    if constexpr (Neg) best = _mm256_xor_ps(best, sign);
+    _mm256_store_ps(yt + 8 * o, best);
+    if constexpr (Arg) _mm256_store_si256(reinterpret_cast<__m256i*>(at + 8 * o), arg);
+  }
+  columns_to_rows8(yt, out, a.y + r * out, out);
+  if constexpr (Arg) columns_to_rows8(at, out, a.arg + r * out, out);
+  return _mm256_movemask_ps(nan) != 0;
+}
+#endif
+
 // Rows [r0, r1) of the inner == 1 layout (the product along the last dim). ``idx`` / ``val`` /
 // ``bias``: the int32 indices and the values, (k, out), and the bias, with the sign of min-plus
 // applied. Each row runs the fast path, and again exactly if a NaN term arose (no separate scan
@@ -435,8 +531,7 @@ void sparse_forward_rows(const SparseArgs<T>& a, const int32_t* idx, const T* va
                                       {TROPFX_SPARSE_ROW(true, false), TROPFX_SPARSE_ROW(true, true)}};
 #undef TROPFX_SPARSE_ROW
   const Fn fn = fns[a.minplus][a.arg != nullptr][a.k <= 4 ? a.k : 0];
-  for (int64_t r = r0; r < r1; ++r) {
-    if (!fn(a, idx, val, bias, r)) continue;
+  auto exact_row = [&](int64_t r) {
     const T* xr = a.x + r * a.in;
     for (int64_t o = 0; o < a.out; ++o) {
       T v;
@@ -445,7 +540,30 @@ void sparse_forward_rows(const SparseArgs<T>& a, const int32_t* idx, const T* va
       a.y[r * a.out + o] = v;
       if (a.arg != nullptr) a.arg[r * a.out + o] = arg;
     }
+  };
+  int64_t r = r0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (r1 - r0 >= 8) {  // blocks of 8 rows, transposed: no gathers
+      using Fn8 = bool (*)(const SparseArgs<float>&, const int32_t*, const float*, const float*,
+                           int64_t, float*, float*, int32_t*);
+      static constexpr Fn8 fns8[2][2] = {{sparse_rows8_avx2<false, false>, sparse_rows8_avx2<false, true>},
+                                         {sparse_rows8_avx2<true, false>, sparse_rows8_avx2<true, true>}};
+      const Fn8 fn8 = fns8[a.minplus][a.arg != nullptr];
+      std::vector<float> xt(a.in * 8 + 8), yt(a.out * 8 + 8);
+      std::vector<int32_t> at(a.arg != nullptr ? a.out * 8 + 8 : 0);
+      auto aligned = [](auto* p) { return p + (-(reinterpret_cast<uintptr_t>(p) / sizeof(*p)) & 7u); };
+      float* xtp = aligned(xt.data());
+      float* ytp = aligned(yt.data());
+      int32_t* atp = a.arg != nullptr ? aligned(at.data()) : nullptr;
+      for (; r + 8 <= r1; r += 8)
+        if (fn8(a, idx, val, bias, r, xtp, ytp, atp))
+          for (int64_t q = r; q < r + 8; ++q) exact_row(q);
+    }
   }
+#endif
+  for (; r < r1; ++r)
+    if (fn(a, idx, val, bias, r)) exact_row(r);
 }
 
 // Pairs (n, o) in [t0, t1) of the inner > 1 layout, vectorized along inner (NaN-aware masks).

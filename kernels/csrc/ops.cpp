@@ -205,7 +205,7 @@ std::tuple<Tensor, Tensor> sparse_maxplus_cpu(const Tensor& x_, const Tensor& in
         }
       for (int64_t o = 0; o < int64_t(b.size()); ++o) b[o] = minplus ? -a.bias[o] : a.bias[o];
       const scalar_t* bp = a.bias != nullptr ? b.data() : nullptr;
-      at::parallel_for(0, outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(out * k, 1)),
+      at::parallel_for(0, outer, std::max<int64_t>(8, 16384 / std::max<int64_t>(out * k, 1)),
                        [&](int64_t r0, int64_t r1) {
                          tropfx::sparse_forward_rows(a, idx.data(), val.data(), bp, r0, r1);
                        });
