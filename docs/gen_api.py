@@ -28,6 +28,8 @@ MODULES = [
     "tropfx.nn",
     "tropfx.nn.functional",
     "tropfx.nn.morphology",
+    "tropfx.kernels",
+    "tropfx.kernels.binary",
     "tropfx.serialize",
     "tropfx.summary",
     "tropfx.plot",
