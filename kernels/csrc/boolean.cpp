@@ -435,6 +435,22 @@ inline __attribute__((always_inline)) vbits fold8(const uint64_t* b, const int32
   return eights;
 }
 
+// Sixteen taps added to the running count: two 8-tap folds, their carries of weight 8 into the 8
+// plane, its carry of weight 16 rippled into the ``nh`` high planes.
+inline __attribute__((always_inline)) void add16(const uint64_t* b, const int32_t* o, vbits& ones,
+                                                 vbits& twos, vbits& fours, vbits& eights,
+                                                 vbits* hi, int nh) {
+  const vbits eights_a = fold8(b, o, ones, twos, fours);
+  const vbits eights_b = fold8(b, o + 8, ones, twos, fours);
+  vbits carry;
+  csa(carry, eights, eights_a, eights_b, eights);
+  for (int k = 0; k < nh; ++k) {
+    const vbits h = hi[k];
+    hi[k] = h ^ carry;
+    carry = h & carry;
+  }
+}
+
 // The bit-sliced count of the ``n`` taps (a multiple of 16) at word q: bits[0 .. return value) of the
 // count, least significant first. Harley-Seal: 15 carry-save adders fold 16 taps into the 1, 2, 4
 // and 8 planes and one carry of weight 16, which ripples into the higher planes.
@@ -447,15 +463,7 @@ inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int
   for (int k = 0; k < nh; ++k) hi[k] = zero;
   const uint64_t* b = image + q;
   for (int64_t t = 0; t < n; t += 16) {
-    const vbits eights_a = fold8(b, off + t, ones, twos, fours);
-    const vbits eights_b = fold8(b, off + t + 8, ones, twos, fours);
-    vbits carry;
-    csa(carry, eights, eights_a, eights_b, eights);
-    for (int k = 0; k < nh; ++k) {
-      const vbits h = hi[k];
-      hi[k] = h ^ carry;
-      carry = h & carry;
-    }
+    add16(b, off + t, ones, twos, fours, eights, hi, nh);
   }
   bits[0] = ones;
   bits[1] = twos;
@@ -516,15 +524,7 @@ inline vbits slice_threshold(const uint64_t* image, const int32_t* off, int64_t 
   for (int k = 0; k < nh; ++k) hi[k] = zero;
   const uint64_t* b = image + q;
   for (int64_t t0 = 0; t0 < n; t0 += 16) {
-    const vbits eights_a = fold8(b, off + t0, ones, twos, fours);
-    const vbits eights_b = fold8(b, off + t0 + 8, ones, twos, fours);
-    vbits carry;
-    csa(carry, eights, eights_a, eights_b, eights);
-    for (int k = 0; k < nh; ++k) {
-      const vbits h = hi[k];
-      hi[k] = h ^ carry;
-      carry = h & carry;
-    }
+    add16(b, off + t0, ones, twos, fours, eights, hi, nh);
     if (t0 % 32 != 16 || t0 + 16 >= n) continue;
     bits[0] = ones, bits[1] = twos, bits[2] = fours, bits[3] = eights;  // the count so far
     if (watch_high && all_lanes(slice_at_least(bits, width, t) | ~valid, ~uint64_t(0))) return ~zero;

@@ -329,51 +329,9 @@ inline void sparse_exact(const SparseArgs<T>& a, const T* xr, int64_t o, T& best
   arg_out = arg;
 }
 
-#if defined(__AVX2__)
-// 8 outputs o .. o + 7 of one row, float: each term's x gathered 8 at a time. MAXPS(v, best) is
-// ``v > best ? v : best`` as the scalar code (ties and a NaN bias keep best); ``nan`` collects the
-// lanes where a term was NaN, where that order is not torch's.
-template <bool Neg, bool Arg>
-inline __attribute__((always_inline)) void sparse_fast_avx2(
-    const float* __restrict xr, const int32_t* __restrict idx, const float* __restrict val,
-    const float* __restrict bias, int64_t k, int64_t out, int64_t o, float* __restrict y,
-    int32_t* __restrict arg, __m256& nan) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  auto term = [&](int64_t j) __attribute__((always_inline)) {
-    const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + j * out + o));
-    __m256 xv = _mm256_i32gather_ps(xr, i, 4);
-    if constexpr (Neg) xv = _mm256_xor_ps(xv, sign);
-    const __m256 v = _mm256_add_ps(xv, _mm256_loadu_ps(val + j * out + o));
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    return v;
-  };
-  __m256 best;
-  __m256i a = _mm256_set1_epi32(-1);
-  int64_t j = 0;
-  if (bias != nullptr) {
-    best = _mm256_loadu_ps(bias + o);
-  } else {
-    best = term(0);
-    a = _mm256_setzero_si256();
-    j = 1;
-  }
-#pragma GCC unroll 4
-  for (; j < k; ++j) {
-    const __m256 v = term(j);
-    if constexpr (Arg)
-      a = _mm256_blendv_epi8(a, _mm256_set1_epi32(int32_t(j)),
-                             _mm256_castps_si256(_mm256_cmp_ps(v, best, _CMP_GT_OQ)));
-    best = _mm256_max_ps(v, best);
-  }
-  if constexpr (Neg) best = _mm256_xor_ps(best, sign);
-  _mm256_storeu_ps(y + o, best);
-  if constexpr (Arg) _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + o), a);
-}
-#endif
-
 // Row r against outputs [0, out) by ordered comparisons (a NaN bias stays, as ``v > NaN`` is
 // false), which are torch's semantics unless some term x + value is NaN: returns whether one was
-// (the caller then recomputes the row exactly). ``idx`` / ``val``: int32 indices and +-values
+// (the caller then recomputes the row exactly). Rows not in a block of 8 (float) and double rows. ``idx`` / ``val``: int32 indices and +-values
 // laid out (k, out), term j of output o at j * out + o.
 template <typename T, bool Neg, bool Arg, int KK>  // KK: k known at compile time (small k), or 0
 bool sparse_fast_row(const SparseArgs<T>& a, const int32_t* __restrict idx,
@@ -382,16 +340,8 @@ bool sparse_fast_row(const SparseArgs<T>& a, const int32_t* __restrict idx,
   T* __restrict yr = a.y + r * a.out;
   int32_t* __restrict ar = Arg ? a.arg + r * a.out : nullptr;
   const int64_t k = KK > 0 ? KK : a.k, out = a.out;
-  int64_t o = 0;
   bool nan_term = false;
-#if defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) {
-    __m256 nan = _mm256_setzero_ps();
-    for (; o + 8 <= out; o += 8) sparse_fast_avx2<Neg, Arg>(xr, idx, val, bias, k, out, o, yr, ar, nan);
-    nan_term = _mm256_movemask_ps(nan) != 0;
-  }
-#endif
-  for (; o < out; ++o) {
+  for (int64_t o = 0; o < out; ++o) {
     T best;
     int32_t arg = -1;
     int64_t j = 0;
