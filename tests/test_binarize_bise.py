@@ -29,16 +29,10 @@ IDENTITY = {"weight_reparam": "identity", "bias_reparam": "identity"}
 BINARY = (BinaryMorphology2d, ThresholdedConv2d, BinaryLinear)
 FLOAT_LAYERS = (BiSE, LUI, BiSEL, DenseLUI)
 # torch notes that an even kernel with padding="same" copies the input: expected here.
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel"),
+              pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors on a shared machine: intra-op threads cost more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def all_images(h: int, w: int) -> torch.Tensor:

@@ -45,18 +45,13 @@ from tropfx.nn.bise import (
     softplus_inverse,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = torch.float64
 MODES = [(w, b) for w in WEIGHT_REPARAMS for b in BIAS_REPARAMS
          if WEIGHT_REPARAMS[w].positive or not BIAS_REPARAMS[b].needs_positive_weights]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors on a shared machine: intra-op threads cost more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def xi(u):

@@ -26,15 +26,9 @@ from tropfx.nn.morphology import (
     erosion2d,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Every tensor here is tiny; on a busy machine, waking intra-op threads for each reduction costs
-    # a millisecond per torch.max (about 100x the work itself).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 DILATION = {1: dilation1d, 2: dilation2d}

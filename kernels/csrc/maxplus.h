@@ -305,10 +305,11 @@ struct SparseArgs {
   bool minplus;
 };
 
-// One output of one row (inner == 1), torch's reduction literally (rows with NaN or +inf).
+// One output, torch's reduction literally (rows with NaN or +inf): input i of the row at
+// xr[i * stride] (stride = inner).
 template <typename T>
 inline void sparse_exact(const SparseArgs<T>& a, const T* xr, int64_t o, T& best_out,
-                         int32_t& arg_out) {
+                         int32_t& arg_out, int64_t stride = 1) {
   const bool n = a.minplus;
   const int64_t* idx = a.index + o * a.k;
   const T* val = a.value + o * a.k;
@@ -319,12 +320,13 @@ inline void sparse_exact(const SparseArgs<T>& a, const T* xr, int64_t o, T& best
     best = signed_(a.bias[o], n);
     arg = -1;
   } else {
-    best = signed_(xr[idx[0]], n) + signed_(val[0], n);
+    best = signed_(xr[idx[0] * stride], n) + signed_(val[0], n);
     arg = 0;
     j = 1;
   }
   for (; j < a.k && !is_nan(best); ++j)
-    extreme_step<false>(signed_(xr[idx[j]], n) + signed_(val[j], n), int32_t(j), best, arg);
+    extreme_step<false>(signed_(xr[idx[j] * stride], n) + signed_(val[j], n), int32_t(j), best,
+                        arg);
   best_out = signed_(best, n);
   arg_out = arg;
 }
@@ -558,21 +560,8 @@ void sparse_forward_inner(const SparseArgs<T>& a, int64_t t0, int64_t t1) {
         for (int l = 0; l < L; ++l) ar[s + l] = int32_t(arg[l]);
     }
     for (; s < inner; ++s) {  // the tail, scalar
-      T best;
       int32_t arg;
-      int64_t j = 0;
-      if (a.bias != nullptr) {
-        best = signed_(a.bias[o], n);
-        arg = -1;
-      } else {
-        best = signed_(xb[idx[0] * inner + s], n) + signed_(val[0], n);
-        arg = 0;
-        j = 1;
-      }
-      for (; j < a.k && !is_nan(best); ++j)
-        extreme_step<false>(signed_(xb[idx[j] * inner + s], n) + signed_(val[j], n), int32_t(j),
-                            best, arg);
-      yr[s] = signed_(best, n);
+      sparse_exact(a, xb + s, o, yr[s], arg, inner);
       if (ar != nullptr) ar[s] = arg;
     }
   }
