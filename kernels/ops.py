@@ -224,16 +224,18 @@ def pack_conv_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     return planes(w.clamp_min(0)), planes((-w).clamp_min(0))
 
 
-def _pair(name: str, arg: str, value: IntOrPair, minimum: int) -> tuple[int, int]:
-    return TM._as_tuple(name, arg, value, 2, minimum=minimum)
+def _window(name: str, stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair) -> tuple:
+    """``(stride, padding, dilation)`` as checked pairs (stride, dilation >= 1; padding >= 0)."""
+    return tuple(TM._as_tuple(name, arg, value, 2, minimum=minimum)
+                 for arg, value, minimum in (("stride", stride, 1), ("padding", padding, 0),
+                                             ("dilation", dilation, 1)))
 
 
 def bool_conv2d(x: Tensor, weight_pos: Tensor, weight_neg: Tensor, threshold: Tensor,
                 stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1) -> Tensor:
     """Boolean convolution on packed bits: ``y = 1[conv2d(x, W) >= threshold]`` with zero padding,
     ``x`` from :func:`pack_bits`, ``W`` from :func:`pack_conv_weight`; returns packed bits."""
-    args = (_pair("bool_conv2d", "stride", stride, 1), _pair("bool_conv2d", "padding", padding, 0),
-            _pair("bool_conv2d", "dilation", dilation, 1))
+    args = _window("bool_conv2d", stride, padding, dilation)
     if not _kernels(x):
         return R.bool_conv2d_reference(x, weight_pos, weight_neg, threshold, *args)
     return torch.ops.tropfx.bool_conv2d(x, weight_pos, weight_neg, threshold, *args)
@@ -243,9 +245,7 @@ def binary_dilation2d(x: Tensor, se: Tensor, stride: IntOrPair = 1, padding: Int
                       dilation: IntOrPair = 1) -> Tensor:
     """Binary dilation of packed bits by a per-channel bool SE (C, kh, kw): OR of shifted bit
     planes, padding 0."""
-    args = (_pair("binary_dilation2d", "stride", stride, 1),
-            _pair("binary_dilation2d", "padding", padding, 0),
-            _pair("binary_dilation2d", "dilation", dilation, 1))
+    args = _window("binary_dilation2d", stride, padding, dilation)
     if not _kernels(x):
         return R.binary_dilation2d_reference(x, se, *args)
     return torch.ops.tropfx.binary_dilation2d(x, se, *args)
@@ -255,9 +255,7 @@ def binary_erosion2d(x: Tensor, se: Tensor, stride: IntOrPair = 1, padding: IntO
                      dilation: IntOrPair = 1) -> Tensor:
     """Binary erosion of packed bits by a per-channel bool SE (C, kh, kw): AND of shifted bit
     planes, padding 1."""
-    args = (_pair("binary_erosion2d", "stride", stride, 1),
-            _pair("binary_erosion2d", "padding", padding, 0),
-            _pair("binary_erosion2d", "dilation", dilation, 1))
+    args = _window("binary_erosion2d", stride, padding, dilation)
     if not _kernels(x):
         return R.binary_erosion2d_reference(x, se, *args)
     return torch.ops.tropfx.binary_erosion2d(x, se, *args)
