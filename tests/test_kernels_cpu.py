@@ -399,6 +399,36 @@ def test_bool_conv2d_matches_the_reference_on_random_shapes(ops, data):
                    R.bool_conv2d_reference(x, pos, neg, threshold, *args))
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_bool_conv2d_shared_quads_match_the_reference(ops, data):
+    """{0, 1} weights dense enough, and thresholds in the middle of each channel's count, make the
+    bit-sliced kernel count four channels at a time (taps grouped by which of the four read them,
+    the groups' counts added per channel); some channels with thresholds at either end or past them
+    break quads up. Rows long enough for the sliced path, channels across words, kernels up to 5 x 5."""
+    draw = data.draw
+    channels, out = draw(st.integers(1, 140)), draw(st.integers(4, 40))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 10))
+    w = draw(st.integers(max(48, dw * (kw - 1) + 1 - 2 * pw), 140))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    x = ops.pack_bits(torch.rand(draw(st.integers(1, 2)), channels, h, w, generator=gen) < draw(
+        st.sampled_from([0.2, 0.5, 0.8])))
+    weight = (torch.rand(out, channels, kh, kw, generator=gen) < draw(
+        st.sampled_from([0.4, 0.6, 0.9]))).long()
+    size = weight.sum((1, 2, 3))
+    # mostly between a quarter and three quarters of |S|, a few anywhere in [-1, |S| + 1]
+    mid = size // 4 + 1 + (torch.rand(out, generator=gen) * (size // 2).clamp(min=1)).long()
+    anywhere = (torch.rand(out, generator=gen) * (size + 3).double()).long() - 1
+    threshold = torch.where(torch.rand(out, generator=gen) < 0.9, mid, anywhere)
+    pos, neg = K.pack_conv_weight(weight)
+    args = ((1, 1), (ph, pw), (dh, dw))
+    assert_bitwise(ops.bool_conv2d(x, pos, neg, threshold, *args),
+                   R.bool_conv2d_reference(x, pos, neg, threshold, *args))
+
+
 @pytest.mark.parametrize("density", [0.02, 0.5, 0.98])
 def test_bool_conv2d_extreme_thresholds_exit_early_and_exactly(ops, density):
     """Dilation-like (t = 1, 2) and erosion-like (t = |S|, |S| - 1) neurons over many taps: the

@@ -451,9 +451,10 @@ inline __attribute__((always_inline)) void add16(const uint64_t* b, const int32_
   }
 }
 
-// The bit-sliced count of the ``n`` taps (a multiple of 16) at word q: bits[0 .. return value) of the
+// The bit-sliced count of the ``n`` taps (a multiple of 8) at word q: bits[0 .. return value) of the
 // count, least significant first. Harley-Seal: 15 carry-save adders fold 16 taps into the 1, 2, 4
-// and 8 planes and one carry of weight 16, which ripples into the higher planes.
+// and 8 planes and one carry of weight 16, which ripples into the higher planes; a last 8 taps
+// fold into the 1, 2 and 4 planes and a carry of weight 8.
 inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
                        vbits* bits) {
   const vbits zero = {};
@@ -462,8 +463,20 @@ inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int
   const int nh = slice_width(n) - 4;
   for (int k = 0; k < nh; ++k) hi[k] = zero;
   const uint64_t* b = image + q;
-  for (int64_t t = 0; t < n; t += 16) {
+  const int64_t n16 = n & ~int64_t(15);
+  for (int64_t t = 0; t < n16; t += 16) {
     add16(b, off + t, ones, twos, fours, eights, hi, nh);
+  }
+  if (n16 < n) {
+    vbits carry = fold8(b, off + n16, ones, twos, fours);
+    const vbits e = eights;
+    eights = e ^ carry;
+    carry = e & carry;
+    for (int k = 0; k < nh; ++k) {
+      const vbits h = hi[k];
+      hi[k] = h ^ carry;
+      carry = h & carry;
+    }
   }
   bits[0] = ones;
   bits[1] = twos;
@@ -513,7 +526,7 @@ inline vbits valid_lanes(const SliceGeometry& s, int64_t q) {
 inline vbits slice_threshold(const uint64_t* image, const int32_t* off, int64_t n, int64_t real,
                              int64_t q, int64_t t, vbits valid, vbits* bits) {
   const bool watch_high = 4 * t <= real, watch_low = 4 * t >= 3 * real;
-  if (!watch_high && !watch_low) {
+  if (!slice_exits_early(t, real)) {
     const int w = slice_count(image, off, n, q, bits);
     return slice_at_least(bits, w, t);
   }
@@ -536,6 +549,79 @@ inline vbits slice_threshold(const uint64_t* image, const int32_t* off, int64_t 
 }
 
 int bit_length(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
+
+// out = a + b on W planes, rippled plane by plane (5 logic operations per plane); the sum must fit
+// in W planes. out may be a or b.
+template <int W>
+inline __attribute__((always_inline)) void slice_add(const vbits* a, const vbits* b, vbits* out) {
+  vbits carry = {};
+  for (int k = 0; k < W; ++k) {
+    const vbits x = a[k], y = b[k], u = x ^ y;
+    out[k] = u ^ carry;
+    carry = (x & y) | (u & carry);
+  }
+}
+
+// The planes a quad's kernel works in: per pattern m = 1 .. 15 its count at c[m * W], planes past
+// the count's own width zero; the four channels' counts at c[16 * W] .. c[20 * W). slice_count may
+// write up to 4 planes more than W (its width follows the padded number of taps), but those planes
+// of a count below 2^W are zero: they land, as zeros, on the planes of the next patterns (counted
+// after it, or empty and zero) or of the channels (written after every count).
+constexpr int kQuadPlanes = 20;
+
+// The four channels of a quad at word q into c[(16 + k) * W], k = 0 .. 3, W planes each (every
+// count below 2^W). Each pattern's count, then channel k's as the sum of the patterns with bit k:
+// with E_x the sum of the patterns whose bits 0-1 are x, and F_y of those whose bits 2-3 are y,
+// count_0 = E_1 + E_3, count_1 = E_2 + E_3, count_2 = F_1 + F_3, count_3 = F_2 + F_3 (E_x takes
+// every pattern x + 4 h, F_y every pattern l + 4 y, so each pattern with bit k counts once).
+template <int W>
+void quad_counts(const uint64_t* image, const SliceQuad& quad, int64_t q, vbits* c) {
+  for (int m = 1; m < 16; ++m) {
+    const int64_t n = quad.begin[m + 1] - quad.begin[m];
+    if (n > 0) slice_count(image, quad.offsets.data() + quad.begin[m], n, q, c + m * W);
+  }
+  vbits e[4][W], f[4][W];
+  for (int x = 1; x < 4; ++x) {
+    slice_add<W>(c + x * W, c + (x + 4) * W, e[x]);
+    slice_add<W>(e[x], c + (x + 8) * W, e[x]);
+    slice_add<W>(e[x], c + (x + 12) * W, e[x]);
+    slice_add<W>(c + 4 * x * W, c + (4 * x + 1) * W, f[x]);
+    slice_add<W>(f[x], c + (4 * x + 2) * W, f[x]);
+    slice_add<W>(f[x], c + (4 * x + 3) * W, f[x]);
+  }
+  slice_add<W>(e[1], e[3], c + 16 * W);
+  slice_add<W>(e[2], e[3], c + 17 * W);
+  slice_add<W>(f[1], f[3], c + 18 * W);
+  slice_add<W>(f[2], f[3], c + 19 * W);
+}
+
+// One quad over the words [q0, q1) of image n: W planes per number, W the width of the largest
+// count of the four channels.
+template <int W>
+void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* threshold,
+                int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
+  vbits c[kQuadPlanes * W];
+  for (auto& v : c) v = vbits{};
+  for (int64_t q = q0; q < q1; q += kLanes) {
+    quad_counts<W>(image, quad, q, c);
+    for (int k = 0; k < 4; ++k) {
+      const vbits hit = slice_at_least(c + (16 + k) * W, W, threshold[k]);
+      std::memcpy(dst + k * Lq + q, &hit, sizeof hit);
+    }
+  }
+}
+
+void quad_dispatch(int width, const uint64_t* image, const SliceQuad& quad,
+                   const int64_t* threshold, int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
+  switch (width) {
+#define TROPFX_QUAD(W) \
+    case W: return quad_block<W>(image, quad, threshold, q0, q1, Lq, dst);
+    TROPFX_QUAD(1) TROPFX_QUAD(2) TROPFX_QUAD(3) TROPFX_QUAD(4) TROPFX_QUAD(5) TROPFX_QUAD(6)
+    TROPFX_QUAD(7) TROPFX_QUAD(8) TROPFX_QUAD(9) TROPFX_QUAD(10) TROPFX_QUAD(11) TROPFX_QUAD(12)
+    TROPFX_QUAD(13) TROPFX_QUAD(14) TROPFX_QUAD(15) TROPFX_QUAD(16)
+#undef TROPFX_QUAD
+  }
+}
 
 }  // namespace
 
@@ -637,7 +723,8 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
   }
 }
 
-void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& taps, const int* shift,
+void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& taps,
+                       const std::vector<SliceQuad>& quads, const int* quad_at, const int* shift,
                        const bool* negative, int P, const int64_t* threshold, int64_t O,
                        const SliceGeometry& s, uint64_t* out, int64_t t0, int64_t t1) {
   const int64_t blocks = (s.Lq + kSliceBlock - 1) / kSliceBlock, Opad = (O + 63) / 64 * 64;
@@ -647,6 +734,13 @@ void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& tap
     const int64_t q1 = std::min(s.Lq, q0 + kSliceBlock);
     const uint64_t* image = planes + n * s.image;
     for (int64_t o = 0; o < O; ++o) {
+      if (quad_at[o] >= 0) {
+        const SliceQuad& quad = quads[quad_at[o]];
+        quad_dispatch(quad.width, image, quad, threshold + o, q0, q1, s.Lq,
+                      out + (n * Opad + o) * s.Lq);
+        o += 3;
+        continue;
+      }
       const SliceTaps& tp = taps[o];
       uint64_t* dst = out + (n * Opad + o) * s.Lq;
       // The width of every count, and of their signed, shifted sum made nonnegative: a subtracted

@@ -502,9 +502,78 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
             C = std::max<int64_t>(C, w * 64 + 64 - __builtin_clzll(v));
   const tropfx::SliceGeometry s = tropfx::slice_geometry(g, C);
   if (s.image >= (int64_t(1) << 31)) return false;  // tap offsets are int32
+  // Each plane's number of taps first (quads are chosen by them), the tap offsets after.
   std::vector<tropfx::SliceTaps> taps(O);
   at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t p = 0; p < P; ++p) {
+        int64_t n = 0;
+        for (int64_t q = 0; q < kh * kw; ++q)
+          for (int64_t w = 0; w < Cw; ++w) n += __builtin_popcountll(word(o, q / kw, q % kw, p, w));
+        taps[o].real.push_back(n);
+      }
+  });
+  // Channels counted four at a time where that reads fewer taps (see boolean.h, SliceQuad).
+  const int64_t* tp = threshold.const_data_ptr<int64_t>();
+  std::vector<tropfx::SliceQuad> candidates(P == 1 ? O / 4 : 0);
+  at::parallel_for(0, int64_t(candidates.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      tropfx::SliceQuad& quad = candidates[i];
+      quad.o0 = i * 4;
+      quad.width = 0;  // not shared
+      int64_t alone = 0, most = 0;
+      bool shareable = true;
+      for (int k = 0; k < 4; ++k) {
+        const int64_t t = tp[quad.o0 + k], real = taps[quad.o0 + k].real[0];
+        shareable = shareable && t > 0 && t <= real && !tropfx::slice_exits_early(t, real);
+        alone += ceil_div(real, 16) * 16;
+        most = std::max(most, real);
+      }
+      const int width = 64 - __builtin_clzll(uint64_t(most) | 1);
+      if (!shareable || width > tropfx::kQuadBits) continue;
+      // Channel bits of pattern m at (ki, kj, word w).
+      auto pattern = [&](int m, int64_t ki, int64_t kj, int64_t w) {
+        uint64_t bits = ~uint64_t(0);
+        for (int k = 0; k < 4; ++k) {
+          const uint64_t v = word(quad.o0 + k, ki, kj, 0, w);
+          bits &= (m >> k) & 1 ? v : ~v;
+        }
+        return bits;
+      };
+      int64_t shared = 22 * width;  // 22 additions of width planes, about a tap's work per plane
+      for (int m = 1; m < 16; ++m) {
+        quad.real[m] = 0;
+        for (int64_t q = 0; q < kh * kw; ++q)
+          for (int64_t w = 0; w < Cw; ++w)
+            quad.real[m] += __builtin_popcountll(pattern(m, q / kw, q % kw, w));
+        shared += ceil_div(quad.real[m], 8) * 8;
+      }
+      if (shared >= alone) continue;  // the four channels one by one are cheaper
+      quad.width = width;
+      quad.begin[0] = quad.begin[1] = 0, quad.real[0] = 0;
+      for (int m = 1; m < 16; ++m) {
+        for (int64_t ki = 0; ki < kh; ++ki)
+          for (int64_t kj = 0; kj < kw; ++kj)
+            for (int64_t w = 0; w < Cw; ++w)
+              for (uint64_t bits = pattern(m, ki, kj, w); bits != 0; bits &= bits - 1) {
+                const int64_t c = w * 64 + __builtin_ctzll(bits);
+                quad.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
+              }
+        quad.offsets.resize(quad.begin[m] + ceil_div(quad.real[m], 8) * 8, int32_t(s.zero));
+        quad.begin[m + 1] = int64_t(quad.offsets.size());
+      }
+    }
+  });
+  std::vector<tropfx::SliceQuad> quads;
+  std::vector<int> quad_at(O, -1);
+  for (tropfx::SliceQuad& quad : candidates)
+    if (quad.width > 0) {
+      quad_at[quad.o0] = int(quads.size());
+      quads.push_back(std::move(quad));
+    }
+  at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
+      if (quad_at[o / 4 * 4] >= 0) continue;  // counted by its quad
       tropfx::SliceTaps& t = taps[o];
       t.offsets.reserve(P * (kh * kw * C + 16));
       t.begin.push_back(0);
@@ -516,8 +585,7 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
                 const int64_t c = w * 64 + __builtin_ctzll(v);
                 t.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
               }
-        t.real.push_back(int64_t(t.offsets.size()) - t.begin.back());
-        while ((t.offsets.size() - t.begin.back()) % 16 != 0) t.offsets.push_back(int32_t(s.zero));
+        t.offsets.resize(t.begin.back() + ceil_div(t.real[p], 16) * 16, int32_t(s.zero));
         t.begin.push_back(int64_t(t.offsets.size()));
       }
     }
@@ -536,10 +604,9 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
   });
   std::unique_ptr<uint64_t[]> sliced(new uint64_t[s.N * ceil_div(O, 64) * 64 * s.Lq]);
   const int64_t blocks = ceil_div(s.Lq, tropfx::kSliceBlock);
-  const int64_t* tp = threshold.const_data_ptr<int64_t>();
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t t0, int64_t t1) {
-    tropfx::slice_conv_blocks(planes.get(), taps, shift.data(), negative.get(), int(P), tp, O, s,
-                              sliced.get(), t0, t1);
+    tropfx::slice_conv_blocks(planes.get(), taps, quads, quad_at.data(), shift.data(),
+                              negative.get(), int(P), tp, O, s, sliced.get(), t0, t1);
   });
   uint64_t* op_ = out.mutable_data_ptr<uint64_t>();
   at::parallel_for(0, s.N * s.Ho, 4, [&](int64_t t0, int64_t t1) {
