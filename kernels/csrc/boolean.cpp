@@ -678,20 +678,29 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
         std::fill(plane + top + body, plane + s.Ps, uint64_t(0));
       }
     if (Wb == 1 && s.Wow == 1) {
-      // Rows of at most 64 pixels in and out: each transposed word is a whole row, shifted
-      // straight into the kw planes.
-      for (int64_t h = 0; h < s.H; ++h) {
-        const uint64_t* src = x + (n * s.H + h) * s.W * s.Cw + cw;
-        for (int64_t k = 0; k < s.W; ++k) a[k] = src[k * s.Cw];
-        for (int64_t k = s.W; k < 64; ++k) a[k] = 0;
+      // Rows of at most 64 pixels in and out: each transposed word is a whole row (channel k's
+      // row h at rows[k * H + h]), shifted straight into the kw planes, written front to back.
+      const int64_t H = s.H, W = s.W, Cw = s.Cw, Ps = s.Ps;
+      for (int64_t h = 0; h < H; ++h) {
+        const uint64_t* src = x + (n * H + h) * W * Cw + cw;
+        for (int64_t k = 0; k < W; ++k) a[k] = src[k * Cw];
+        for (int64_t k = W; k < 64; ++k) a[k] = 0;
         transpose64(a);
-        uint64_t* dst = image + cw * 64 * s.kw * s.Ps + top + h;
-        for (int64_t k = 0; k < c1; ++k)
-          for (int kj = 0; kj < s.kw; ++kj, dst += s.Ps) {
-            const int64_t sh = int64_t(kj) * s.dw - s.pw;  // bit j reads pixel j + sh
-            dst[0] = sh <= -64 || sh >= 64 ? 0 : sh >= 0 ? a[k] >> sh : a[k] << -sh;
-          }
+        for (int64_t k = 0; k < c1; ++k) rows[k * H + h] = a[k];
       }
+      for (int64_t k = 0; k < c1; ++k)
+        for (int kj = 0; kj < s.kw; ++kj) {
+          uint64_t* dst = image + ((cw * 64 + k) * s.kw + kj) * Ps + top;
+          const uint64_t* row = &rows[k * H];
+          const int64_t sh = int64_t(kj) * s.dw - s.pw;  // bit j reads pixel j + sh
+          if (sh <= -64 || sh >= 64) {
+            std::fill(dst, dst + H, uint64_t(0));
+          } else if (sh >= 0) {
+            for (int64_t h = 0; h < H; ++h) dst[h] = row[h] >> sh;
+          } else {
+            for (int64_t h = 0; h < H; ++h) dst[h] = row[h] << -sh;
+          }
+        }
       continue;
     }
     // The 64 channels' rows, by 64 x 64 bit transposes of (64 pixels x 64 channels) blocks.

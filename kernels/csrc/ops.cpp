@@ -531,32 +531,36 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
       }
       const int width = 64 - __builtin_clzll(uint64_t(most) | 1);
       if (!shareable || width > tropfx::kQuadBits) continue;
-      // Channel bits of pattern m at (ki, kj, word w).
-      auto pattern = [&](int m, int64_t ki, int64_t kj, int64_t w) {
-        uint64_t bits = ~uint64_t(0);
-        for (int k = 0; k < 4; ++k) {
-          const uint64_t v = word(quad.o0 + k, ki, kj, 0, w);
-          bits &= (m >> k) & 1 ? v : ~v;
+      // The channel bits of pattern m at term (q = ki * kw + kj, word w): bits[(m * kh * kw + q) * Cw + w].
+      const int64_t terms = kh * kw * Cw;
+      std::vector<uint64_t> bits(16 * terms);
+      for (int64_t q = 0; q < kh * kw; ++q)
+        for (int64_t w = 0; w < Cw; ++w) {
+          uint64_t v[4];
+          for (int k = 0; k < 4; ++k) v[k] = word(quad.o0 + k, q / kw, q % kw, 0, w);
+          for (int m = 1; m < 16; ++m) {
+            uint64_t b = ~uint64_t(0);
+            for (int k = 0; k < 4; ++k) b &= (m >> k) & 1 ? v[k] : ~v[k];
+            bits[m * terms + q * Cw + w] = b;
+          }
         }
-        return bits;
-      };
       int64_t shared = 22 * width;  // 22 additions of width planes, about a tap's work per plane
       for (int m = 1; m < 16; ++m) {
         quad.real[m] = 0;
-        for (int64_t q = 0; q < kh * kw; ++q)
-          for (int64_t w = 0; w < Cw; ++w)
-            quad.real[m] += __builtin_popcountll(pattern(m, q / kw, q % kw, w));
+        for (int64_t i = 0; i < terms; ++i) quad.real[m] += __builtin_popcountll(bits[m * terms + i]);
         shared += ceil_div(quad.real[m], 8) * 8;
       }
       if (shared >= alone) continue;  // the four channels one by one are cheaper
       quad.width = width;
       quad.begin[0] = quad.begin[1] = 0, quad.real[0] = 0;
+      quad.offsets.reserve(shared);
       for (int m = 1; m < 16; ++m) {
+        const uint64_t* mb = &bits[m * terms];
         for (int64_t ki = 0; ki < kh; ++ki)
-          for (int64_t kj = 0; kj < kw; ++kj)
+          for (int64_t kj = 0; kj < kw; ++kj, mb += Cw)
             for (int64_t w = 0; w < Cw; ++w)
-              for (uint64_t bits = pattern(m, ki, kj, w); bits != 0; bits &= bits - 1) {
-                const int64_t c = w * 64 + __builtin_ctzll(bits);
+              for (uint64_t b = mb[w]; b != 0; b &= b - 1) {
+                const int64_t c = w * 64 + __builtin_ctzll(b);
                 quad.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
               }
         quad.offsets.resize(quad.begin[m] + ceil_div(quad.real[m], 8) * 8, int32_t(s.zero));
@@ -637,9 +641,10 @@ Tensor bool_conv2d_cpu(const Tensor& x_, const Tensor& pos_, const Tensor& neg_,
   const Tensor threshold = threshold_.to(at::kLong).contiguous();
   const auto g = bit_geometry(op, x, kh, kw, stride, padding, dilation);
   const int64_t Ow = ceil_div(O, 64);
-  Tensor out = at::zeros({g.N, g.Ho, g.Wo, Ow}, x.options());
+  Tensor out = at::empty({g.N, g.Ho, g.Wo, Ow}, x.options());
   if (out.numel() == 0) return out;
-  if (bool_conv2d_sliced(x, pos, neg, threshold, g, out)) return out;
+  if (bool_conv2d_sliced(x, pos, neg, threshold, g, out)) return out;  // writes every word
+  out.zero_();
   // Planes re-laid as (tiles, kh, kw, Cw, P, 2, kBoolChannels): positive planes first, each
   // word as its low and (shifted) high nibbles (see boolean.h, weight_word).
   const int P = int(Pp + Pn), OT = tropfx::kBoolChannels;
