@@ -16,6 +16,8 @@ paper's learning rates (Table 2) with batch 256, the regularization starting aft
 solver) and onto constant weights (Eq. 28, the paper's "fast projection"; the bias is kept, so a
 neuron becomes the count threshold ``1[|x & S| >= t]``), each with the last layer binary (a boolean
 network: the predicted class is the first output bit set) and float (scored by its pre-activation).
+``--scale-init 0 --bias-noise 0.01`` start every ``p`` at 0 with the larger bias noise of the
+authors' code (Eq. 193 and App. B.2); the default keeps ``p = 1``.
 
 Usage::
 
@@ -46,6 +48,7 @@ import tropfx
 from tropfx import passes as tp
 from tropfx.data import ENV_VAR, load_mnist_splits
 from tropfx.nn import BinaryLinear, BiSERegularizer, DenseLUI
+from tropfx.nn.bise import BIAS_NOISE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -68,12 +71,14 @@ class BiMoNN(nn.Module):
     ``logits`` is the last layer's pre-activation ``p (h W - b)``, fed to the softmax in training.
     """
 
-    def __init__(self, hidden: int, bias_reparam: str, input_mean: float):
+    def __init__(self, hidden: int, bias_reparam: str, input_mean: float, *, scale_init: float = 1.0,
+                 bias_noise: float = BIAS_NOISE):
         super().__init__()
+        options = {"weight_reparam": "positive", "bias_reparam": bias_reparam,
+                   "scale_init": scale_init, "bias_noise": bias_noise}
         self.flatten = nn.Flatten()
-        self.hidden = DenseLUI(784, hidden, weight_reparam="positive", bias_reparam=bias_reparam,
-                               input_mean=input_mean)
-        self.out = DenseLUI(hidden, 10, weight_reparam="positive", bias_reparam=bias_reparam)
+        self.hidden = DenseLUI(784, hidden, input_mean=input_mean, **options)
+        self.out = DenseLUI(hidden, 10, **options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(self.flatten(x)))
@@ -224,7 +229,8 @@ def markdown(result: dict) -> str:
         "",
         f"Data: {c['data']}, thresholded at 128; {c['train_images']:,} training / "
         f"{c['test_images']:,} test images. Model: DenseLUI(784, {c['hidden']}) -> "
-        f"DenseLUI({c['hidden']}, 10), positive weights, softmax + cross-entropy on the last "
+        f"DenseLUI({c['hidden']}, 10), positive weights, initial p = {c.get('scale_init', 1.0)}, "
+        f"bias noise {c.get('bias_noise', BIAS_NOISE)}, softmax + cross-entropy on the last "
         f"pre-activation. Adam lr {lr}, batch {c['batch']}, **{c['epochs']} epoch(s)**; "
         f"c * L_morpho from step {c['reg_start']:.0%} of training on. Errors in % on the "
         "test set. *activable*: Eq. 20 projection, every neuron a dilation or an erosion; "
@@ -281,6 +287,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=None,
                         help="Adam learning rate (default: the paper's, Table 2)")
+    parser.add_argument("--scale-init", type=float, default=1.0,
+                        help="initial p of every neuron (Eq. 193 and the authors' code: 0; default 1)")
+    parser.add_argument("--bias-noise", type=float, default=BIAS_NOISE,
+                        help=f"epsilon_bias of App. B.2 (the authors' code: 0.01; default {BIAS_NOISE})")
     parser.add_argument("--reg-start", type=float, default=0.3,
                         help="fraction of the steps before the regularization starts (0.3)")
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
@@ -317,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for kind in args.regularizers:
         torch.manual_seed(args.seed)
-        model = BiMoNN(args.hidden, BIAS[kind], input_mean=float(x_train.mean()))
+        model = BiMoNN(args.hidden, BIAS[kind], input_mean=float(x_train.mean()),
+                       scale_init=args.scale_init, bias_noise=args.bias_noise)
         if args.from_models:  # binarize models trained before (--save-models), no training
             saved = args.from_models / f"bimonn_mnist_{kind}"
             model.load_state_dict(torch.load(saved.with_suffix(".pt"), weights_only=True))
@@ -346,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "smoke": args.smoke,
         "data": source, "train_images": len(y_train), "test_images": len(y_test),
         "hidden": args.hidden, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+        "scale_init": args.scale_init, "bias_noise": args.bias_noise,
         "reg_start": args.reg_start, "agreement_inputs": args.agreement_inputs, "seed": args.seed,
         "bias": BIAS, "coef": COEF, "machine": f"{platform.machine()} Linux, {os.cpu_count()} CPU cores",
         "torch": torch.__version__, "threads": torch.get_num_threads(),

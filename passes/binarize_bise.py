@@ -175,10 +175,11 @@ def _binarize_dense_lui(m: DenseLUI, delta: float, plan: Plan, path: str) -> Bin
 def _binarize_bisel(m: BiSEL, delta: float, plan: Plan, path: str) -> Binarized:
     # Def. 2.4 as BiSEL.forward computes it: K copies of the input, the BiSE bank, the grouped LUI.
     bise = _binarize_bise(m.bise, delta, plan, f"{path}.bise")
+    steps = [("repeat", (1, m.out_channels, 1, 1)), ("bise_binary", bise.steps[0][1])]
+    if not isinstance(m.lui, LUI):  # identity_lui=True: the BiSE outputs are the layer's
+        return Binarized(steps, bise.banks, bise.delta)
     lui = _binarize_lui(m.lui, bise.delta, plan, f"{path}.lui")
-    steps = [("repeat", (1, m.out_channels, 1, 1)), ("bise_binary", bise.steps[0][1]),
-             ("lui_binary", lui.steps[0][1])]
-    return Binarized(steps, bise.banks + lui.banks, lui.delta)
+    return Binarized(steps + [("lui_binary", lui.steps[0][1])], bise.banks + lui.banks, lui.delta)
 
 
 BINARIZERS: dict[type[nn.Module], Callable[[nn.Module, float, Plan, str], Binarized]] = {
@@ -245,7 +246,8 @@ class BinarizeBiSE(GraphPass):
     * ``LUI`` -> :class:`~tropfx.nn.binary.ThresholdedConv2d` (grouped 1x1, ``W = 1_S``, ``t = 1``
       for a union, ``t = |S|`` for an intersection);
     * ``DenseLUI`` -> :class:`~tropfx.nn.binary.BinaryLinear` (the same on vectors);
-    * ``BiSEL`` -> ``x.repeat(1, K, 1, 1)`` -> ``BinaryMorphology2d`` -> ``ThresholdedConv2d``.
+    * ``BiSEL`` -> ``x.repeat(1, K, 1, 1)`` -> ``BinaryMorphology2d`` -> ``ThresholdedConv2d``
+      (no ``ThresholdedConv2d`` for ``BiSEL(1, K, identity_lui=True)``, whose LUIs are the identity).
 
     Each neuron binarizes exactly when it is *activated* (Theorem 2.3, checked in O(|Omega|) by
     Prop. 3.1): it then is the dilation / erosion by its SE. Otherwise ``method`` picks an

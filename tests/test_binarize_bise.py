@@ -72,6 +72,8 @@ ARCHITECTURES = {
     "bise_lui": lambda: nn.Sequential(BiSE(3, **IDENTITY), LUI(1, 2, **IDENTITY),
                                       BiSE(3, channels=2, **IDENTITY), LUI(2, 1, **IDENTITY)),
     "bisel": lambda: nn.Sequential(BiSEL(1, 2, 3, **IDENTITY), BiSEL(2, 2, (2, 3), **IDENTITY)),
+    "bisel_identity_lui": lambda: nn.Sequential(BiSEL(1, 2, 3, identity_lui=True, **IDENTITY),
+                                                BiSEL(2, 2, (2, 3), **IDENTITY)),
     "bisel_dense": lambda: nn.Sequential(BiSEL(1, 2, 3, **IDENTITY), nn.Flatten(),
                                          DenseLUI(18, 4, **IDENTITY), DenseLUI(4, 3, **IDENTITY)),
 }

@@ -151,6 +151,17 @@ def test_bisel_is_definition_2_4():
         torch.testing.assert_close(layer(x), torch.cat(outputs, 1), rtol=1e-12, atol=1e-12)
 
 
+def test_bisel_identity_lui_is_its_bise_neurons():
+    torch.manual_seed(3)
+    layer = BiSEL(1, 3, 3, identity_lui=True, dtype=F64)
+    assert isinstance(layer.lui, nn.Identity) and "identity_lui=True" in repr(layer)
+    assert not any(isinstance(m, LUI) for m in layer.modules())
+    x = torch.rand(2, 1, 5, 5, dtype=F64)
+    torch.testing.assert_close(layer(x), layer.bise(x.repeat(1, 3, 1, 1)), rtol=0, atol=0)
+    with pytest.raises(InputError, match="in_channels=1"):
+        BiSEL(2, 3, identity_lui=True)
+
+
 def test_dense_lui_is_a_lui_on_1x1_images():
     torch.manual_seed(2)
     dense, lui = DenseLUI(6, 3), LUI(6, 3)

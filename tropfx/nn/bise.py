@@ -496,17 +496,27 @@ class BiSEL(nn.Module):
 
     ``options`` (:class:`BiSEModule`) go to both; ``input_mean`` only to ``bise``, since the LUI
     inputs are BiSE outputs, centred on 1/2 by App. B's assumption 3.
+
+    ``identity_lui=True`` (only with ``in_channels=1``) makes ``lui`` an ``nn.Identity``: a LUI
+    reading a single channel is, once activated, the union (or intersection) of one set, i.e. that
+    set (Def. 2.4 with ``N = 1``), so the layer is just its ``K`` BiSE neurons. The default keeps
+    the trainable one-input LUI neurons, which add a second smooth threshold after each BiSE.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair = 3, *,
-                 padding: str | int | tuple[int, int] = "same", **options):
+                 padding: str | int | tuple[int, int] = "same", identity_lui: bool = False,
+                 **options):
         super().__init__()
         name = type(self).__name__
         self.in_channels = _positive_int(name, "in_channels", in_channels)
         self.out_channels = _positive_int(name, "out_channels", out_channels)
+        if identity_lui and in_channels != 1:
+            raise InputError(f"{name}: identity_lui=True drops the LUIs, which is exact only when each "
+                             f"reads one channel (in_channels=1), got in_channels={in_channels}")
         lui_options = {k: v for k, v in options.items() if k != "input_mean"}
         self.bise = BiSE(kernel_size, channels=in_channels * out_channels, padding=padding, **options)
-        self.lui = LUI(in_channels * out_channels, out_channels, groups=out_channels, **lui_options)
+        self.lui = (nn.Identity() if identity_lui else
+                    LUI(in_channels * out_channels, out_channels, groups=out_channels, **lui_options))
 
     def forward(self, x: Tensor) -> Tensor:
         check_bise_input(x, type(self).__name__, self.in_channels, 2)
@@ -515,7 +525,8 @@ class BiSEL(nn.Module):
         return self.lui(self.bise(x.repeat(1, self.out_channels, 1, 1)))
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}"
+        identity = ", identity_lui=True" if isinstance(self.lui, nn.Identity) else ""
+        return f"{self.in_channels}, {self.out_channels}{identity}"
 
 
 class LevelSetEncoder(nn.Module):
