@@ -4,6 +4,7 @@
 
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -601,7 +602,11 @@ template <int W>
 void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* threshold,
                 int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
   vbits c[kQuadPlanes * W];
-  for (auto& v : c) v = vbits{};
+  // The planes of each pattern's slot that its count never writes stay zero.
+  for (int m = 1; m < 16; ++m) {
+    const int64_t n = quad.begin[m + 1] - quad.begin[m];
+    for (int k = n > 0 ? std::min(W, slice_width(n)) : 0; k < W; ++k) c[m * W + k] = vbits{};
+  }
   for (int64_t q = q0; q < q1; q += kLanes) {
     quad_counts<W>(image, quad, q, c);
     for (int k = 0; k < 4; ++k) {
@@ -653,7 +658,10 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
   const int64_t lead = (s.pw + 63) / 64;
   const int64_t reach = s.Wow + (int64_t(s.kw - 1) * s.dw + 63) / 64;
   const int64_t stride = lead + std::max(Wb, reach) + 1;
-  std::vector<uint64_t> rows(64 * s.H * stride, 0);
+  // Zeroed (the words around each row) only where the general layout below uses it.
+  const int64_t row_words = 64 * s.H * stride;
+  std::unique_ptr<uint64_t[]> rows(new uint64_t[row_words]);
+  bool rows_zeroed = false;
   // Where output word w of column offset kj starts: word and bit of the row buffer.
   std::vector<int64_t> word(s.kw * s.Wow);
   std::vector<int> bit(s.kw * s.Wow);
@@ -704,6 +712,8 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
       continue;
     }
     // The 64 channels' rows, by 64 x 64 bit transposes of (64 pixels x 64 channels) blocks.
+    if (!rows_zeroed) std::fill(rows.get(), rows.get() + row_words, uint64_t(0));
+    rows_zeroed = true;
     for (int64_t h = 0; h < s.H; ++h) {
       const uint64_t* src = x + (n * s.H + h) * s.W * s.Cw + cw;
       for (int64_t pb = 0; pb < Wb; ++pb) {
