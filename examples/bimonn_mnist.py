@@ -17,7 +17,9 @@ solver) and onto constant weights (Eq. 28, the paper's "fast projection"; the bi
 neuron becomes the count threshold ``1[|x & S| >= t]``), each with the last layer binary (a boolean
 network: the predicted class is the first output bit set) and float (scored by its pre-activation).
 ``--scale-init 0 --bias-noise 0.01`` start every ``p`` at 0 with the larger bias noise of the
-authors' code (Eq. 193 and App. B.2); the default keeps ``p = 1``.
+authors' code (Eq. 193 and App. B.2); the default keeps ``p = 1``. ``--loss bce`` trains with the
+binary cross-entropy between the last layer's output ``xi(p (h W - b))`` (in ]0, 1[) and the one-hot
+target, as the authors' code does, instead of the softmax cross-entropy (``--loss ce``, the default).
 
 Usage::
 
@@ -62,6 +64,7 @@ PAPER = {
 BIAS = {"unif": "positive", "normal": "identity"}  # ours (see the module docstring)
 COEF = {"unif": 0.01, "normal": 0.001}
 BINARIZATIONS = [(m, last) for m in ("activable", "constant") for last in ("float", "binary")]
+LOSSES = {"ce": "cross-entropy", "bce": "binary cross-entropy"}
 
 
 class BiMoNN(nn.Module):
@@ -105,6 +108,19 @@ def load_data(data_dir: Path | None, smoke: bool) -> tuple[torch.Tensor, ...]:
 
 # --- training and evaluation -----------------------------------------------------------------------
 
+def data_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """``ce``: softmax cross-entropy on the pre-activations ``u = p (h W - b)``; ``bce``: binary
+    cross-entropy between the output ``xi(u)`` and the one-hot target, mean over images and classes.
+
+    ``xi(u) = tanh(u) / 2 + 1 / 2 = sigmoid(2 u)``, so the BCE is computed from ``2 u`` with
+    ``binary_cross_entropy_with_logits``: the same value, without saturating to log(0) in float32.
+    """
+    if loss == "ce":
+        return F.cross_entropy(logits, y)
+    target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(2.0 * logits, target)
+
+
 def train(model: BiMoNN, x: torch.Tensor, y: torch.Tensor, kind: str, args: argparse.Namespace) -> dict:
     steps_per_epoch = -(-len(y) // args.batch)
     total = args.epochs * steps_per_epoch
@@ -117,7 +133,7 @@ def train(model: BiMoNN, x: torch.Tensor, y: torch.Tensor, kind: str, args: argp
         sums = [0.0, 0.0, 0]
         for idx in torch.randperm(len(y), generator=gen).split(args.batch):
             opt.zero_grad()
-            data = F.cross_entropy(model.logits(x[idx]), y[idx])
+            data = data_loss(model.logits(x[idx]), y[idx], args.loss)
             morpho = reg(step)
             (data + morpho).backward()
             opt.step()
@@ -129,7 +145,7 @@ def train(model: BiMoNN, x: torch.Tensor, y: torch.Tensor, kind: str, args: argp
                 break
         log.append({"epoch": epoch + 1, "loss": sums[0] / sums[2], "l_morpho": sums[1] / sums[2],
                     "seconds": time.perf_counter() - start})
-        print(f"  {kind}: epoch {epoch + 1}/{args.epochs}: cross-entropy {log[-1]['loss']:.4f}, "
+        print(f"  {kind}: epoch {epoch + 1}/{args.epochs}: {LOSSES[args.loss]} {log[-1]['loss']:.4f}, "
               f"c * L_{kind} {log[-1]['l_morpho']:.4f} ({log[-1]['seconds']:.0f} s)", flush=True)
     model.eval()
     return {"steps": step, "reg_start_step": reg.start, "epochs": log,
@@ -220,6 +236,9 @@ def draw(model: BiMoNN, binarized: nn.Module, kind: str, out: Path, count: int =
 
 def markdown(result: dict) -> str:
     c = result["config"]
+    loss = c.get("loss", "ce")
+    trained = "softmax + cross-entropy on the last pre-activation" if loss == "ce" else \
+        "binary cross-entropy between the last layer's output and the one-hot target"
     lr = c["lr"] or ", ".join(f"{PAPER[k]['lr']} (L_{k})" for k in result["runs"]) + " as the paper"
     lines = [
         "# BiMoNN on MNIST (BiSE paper §5.2): float and binarized test error",
@@ -230,8 +249,8 @@ def markdown(result: dict) -> str:
         f"Data: {c['data']}, thresholded at 128; {c['train_images']:,} training / "
         f"{c['test_images']:,} test images. Model: DenseLUI(784, {c['hidden']}) -> "
         f"DenseLUI({c['hidden']}, 10), positive weights, initial p = {c.get('scale_init', 1.0)}, "
-        f"bias noise {c.get('bias_noise', BIAS_NOISE)}, softmax + cross-entropy on the last "
-        f"pre-activation. Adam lr {lr}, batch {c['batch']}, **{c['epochs']} epoch(s)**; "
+        f"bias noise {c.get('bias_noise', BIAS_NOISE)}, {trained}. Adam lr {lr}, "
+        f"batch {c['batch']}, **{c['epochs']} epoch(s)**; "
         f"c * L_morpho from step {c['reg_start']:.0%} of training on. Errors in % on the "
         "test set. *activable*: Eq. 20 projection, every neuron a dilation or an erosion; "
         "*constant*: Eq. 28 weights with the neuron's own bias, a count threshold "
@@ -270,7 +289,7 @@ def markdown(result: dict) -> str:
         t = run["training"]
         lines.append(f"* L_{kind}: {t['steps']:,} steps ({c['epochs']} epoch(s)) in "
                      f"{t['seconds'] / 60:.1f} min; regularization from step {t['reg_start_step']:,}; "
-                     f"last epoch cross-entropy {t['epochs'][-1]['loss']:.4f}, c * L "
+                     f"last epoch {LOSSES[loss]} {t['epochs'][-1]['loss']:.4f}, c * L "
                      f"{t['epochs'][-1]['l_morpho']:.4f}.")
     pictures = [p for run in result["runs"].values() for p in run["pictures"]]
     lines += ["", "Pictures: " + (", ".join(f"`{p}`" for p in pictures) or "none"), "",
@@ -284,7 +303,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--regularizers", nargs="+", choices=list(PAPER), default=list(PAPER))
     parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
+    parser.add_argument("--loss", choices=list(LOSSES), default="ce",
+                        help="ce: softmax cross-entropy on the last pre-activation (default); bce: "
+                             "binary cross-entropy of the last layer's output against one-hot "
+                             "targets (the authors' code)")
     parser.add_argument("--lr", type=float, default=None,
                         help="Adam learning rate (default: the paper's, Table 2)")
     parser.add_argument("--scale-init", type=float, default=1.0,
@@ -357,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "smoke": args.smoke,
         "data": source, "train_images": len(y_train), "test_images": len(y_test),
         "hidden": args.hidden, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-        "scale_init": args.scale_init, "bias_noise": args.bias_noise,
+        "scale_init": args.scale_init, "bias_noise": args.bias_noise, "loss": args.loss,
         "reg_start": args.reg_start, "agreement_inputs": args.agreement_inputs, "seed": args.seed,
         "bias": BIAS, "coef": COEF, "machine": f"{platform.machine()} Linux, {os.cpu_count()} CPU cores",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
