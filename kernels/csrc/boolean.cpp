@@ -482,22 +482,22 @@ inline __attribute__((always_inline)) void add16(const uint64_t* b, const int32_
   }
 }
 
-// The bit-sliced count of the ``n`` taps (a multiple of 8) at word q: bits[0 .. return value) of the
-// count, least significant first. Harley-Seal: 15 carry-save adders fold 16 taps into the 1, 2, 4
-// and 8 planes and one carry of weight 16, which ripples into the higher planes; a last 8 taps
-// fold into the 1, 2 and 4 planes and a carry of weight 8.
-inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
-                       vbits* bits) {
+// The bit-sliced count of the ``n`` taps (a multiple of 8) at word q: bits[0 .. 4 + nh) of the
+// count, least significant first, nh = slice_width(n) - 4 high planes. Harley-Seal: 15 carry-save
+// adders fold 16 taps into the 1, 2, 4 and 8 planes and one carry of weight 16, which ripples into
+// the high planes; a last 8 taps fold into the 1, 2 and 4 planes and a carry of weight 8. NH >= 0:
+// nh known at compile time, the high planes in registers; NH < 0: any nh, in ``bits``.
+template <int NH>
+inline __attribute__((always_inline)) void slice_count_planes(const uint64_t* b, const int32_t* off,
+                                                              int64_t n, int nh, vbits* bits) {
+  constexpr int kHeld = NH > 0 ? NH : 1;
   const vbits zero = {};
-  vbits ones = zero, twos = zero, fours = zero, eights = zero;
-  vbits* hi = bits + 4;
-  const int nh = slice_width(n) - 4;
+  vbits ones = zero, twos = zero, fours = zero, eights = zero, held[kHeld];
+  vbits* hi = NH >= 0 ? held : bits + 4;
+  if constexpr (NH >= 0) nh = NH;
   for (int k = 0; k < nh; ++k) hi[k] = zero;
-  const uint64_t* b = image + q;
   const int64_t n16 = n & ~int64_t(15);
-  for (int64_t t = 0; t < n16; t += 16) {
-    add16(b, off + t, ones, twos, fours, eights, hi, nh);
-  }
+  for (int64_t t = 0; t < n16; t += 16) add16(b, off + t, ones, twos, fours, eights, hi, nh);
   if (n16 < n) {
     vbits carry = fold8(b, off + n16, ones, twos, fours);
     const vbits e = eights;
@@ -513,7 +513,24 @@ inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int
   bits[1] = twos;
   bits[2] = fours;
   bits[3] = eights;
-  return 4 + nh;
+  if constexpr (NH >= 0)
+    for (int k = 0; k < NH; ++k) bits[4 + k] = held[k];
+}
+
+// slice_count_planes at word q; returns the count's width, slice_width(n).
+inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
+                       vbits* bits) {
+  const int width = slice_width(n), nh = width - 4;
+  const uint64_t* b = image + q;
+  switch (nh) {
+#define TROPFX_COUNT(NH) \
+    case NH: slice_count_planes<NH>(b, off, n, nh, bits); break;
+    TROPFX_COUNT(0) TROPFX_COUNT(1) TROPFX_COUNT(2) TROPFX_COUNT(3) TROPFX_COUNT(4)
+    TROPFX_COUNT(5) TROPFX_COUNT(6)
+#undef TROPFX_COUNT
+    default: slice_count_planes<-1>(b, off, n, nh, bits);
+  }
+  return width;
 }
 
 // Lanes where the bit-sliced number bits[0 .. width) is >= t (t > 0, t < 2^width).
@@ -660,7 +677,6 @@ void quad_dispatch(int width, const uint64_t* image, const SliceQuad& quad,
 
 }  // namespace
 
-int slice_width(int64_t taps) { return 4 + bit_length(uint64_t(taps / 16)); }
 
 namespace {
 

@@ -137,7 +137,10 @@ constexpr int kQuadBits = 16;
 constexpr int64_t kSliceBlock = 8;
 // Bits of the count of ``taps`` taps (padded to a multiple of 8) as slice_conv_blocks builds it:
 // the caller takes the sliced path only if every plane's width + shift stays below 60.
-int slice_width(int64_t taps);
+inline int slice_width(int64_t taps) {
+  const uint64_t sixteens = uint64_t(taps / 16);
+  return 4 + (sixteens == 0 ? 0 : 64 - __builtin_clzll(sixteens));
+}
 void slice_conv_blocks(const uint64_t* planes, const std::vector<SliceTaps>& taps,
                        const std::vector<SliceQuad>& quads, const int* quad_at, const int* shift,
                        const bool* negative, int P, const int64_t* threshold, int64_t O,
