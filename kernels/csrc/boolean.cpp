@@ -32,15 +32,73 @@ inline void transpose_round(uint64_t a[64]) {
     }
 }
 
-// 64 x 64 bit matrix transpose in place, bit j of word k <-> bit k of word j (Warren, Hacker's
-// Delight 7-3: swap ever smaller off-diagonal blocks, 6 rounds of 32 masked exchanges).
+#if defined(__AVX512VBMI__) && defined(__GFNI__)
+// 8 x 8 transpose of the 64-bit lanes of r[0..8): lane j of r[i] <-> lane i of r[j]. Three rounds
+// of two-source permutes, exchanging 1 x 1, then 2 x 2, then 4 x 4 blocks of lanes.
+inline __attribute__((always_inline)) void transpose_lanes8(__m512i r[8]) {
+  const __m512i lo1 = _mm512_setr_epi64(0, 8, 2, 10, 4, 12, 6, 14);
+  const __m512i hi1 = _mm512_setr_epi64(1, 9, 3, 11, 5, 13, 7, 15);
+  const __m512i lo2 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+  const __m512i hi2 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  const __m512i lo4 = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11);
+  const __m512i hi4 = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+  auto round = [&](int step, __m512i lo, __m512i hi) __attribute__((always_inline)) {
+    for (int i = 0; i < 8; ++i)
+      if ((i & step) == 0) {
+        const __m512i a = r[i], b = r[i + step];
+        r[i] = _mm512_permutex2var_epi64(a, lo, b);
+        r[i + step] = _mm512_permutex2var_epi64(a, hi, b);
+      }
+  };
+  round(1, lo1, hi1);
+  round(2, lo2, hi2);
+  round(4, lo4, hi4);
+}
+
+// The byte permutations of transpose64: ``gather`` puts byte b of the register's word r at byte
+// 7 - r of its word b (a qword per 8 x 8 bit block, rows reversed, as GF2P8AFFINEQB reads a matrix),
+// ``spread`` is the 8 x 8 byte transpose (byte 8 w + b <- byte 8 b + w).
+struct TransposeIndex {
+  alignas(64) uint8_t gather[64], spread[64];
+  constexpr TransposeIndex() : gather(), spread() {
+    for (int w = 0; w < 8; ++w)
+      for (int b = 0; b < 8; ++b) {
+        gather[b * 8 + 7 - w] = uint8_t(w * 8 + b);
+        spread[w * 8 + b] = uint8_t(b * 8 + w);
+      }
+  }
+};
+inline constexpr TransposeIndex kTransposeIndex{};
+#endif
+
+// 64 x 64 bit matrix transpose in place, bit j of word k <-> bit k of word j.
+// AVX-512 VBMI + GFNI: as an 8 x 8 matrix of 8 x 8 bit blocks. Block (K, B) is byte B of words
+// 8K .. 8K + 7; one byte permute per register of 8 words gathers each block into a qword, one
+// GF2P8AFFINEQB per register transposes the 8 blocks in it (byte c of the result takes bit c of
+// every row: the affine map of the unit byte 1 << c), an 8 x 8 transpose of the registers' qwords
+// and a second byte permute put each block where its transpose belongs.
+// Otherwise Warren, Hacker's Delight 7-3: swap ever smaller off-diagonal blocks, 6 rounds of 32
+// masked exchanges.
 inline void transpose64(uint64_t a[64]) {
+#if defined(__AVX512VBMI__) && defined(__GFNI__)
+  const __m512i gather = _mm512_load_si512(kTransposeIndex.gather);
+  const __m512i spread = _mm512_load_si512(kTransposeIndex.spread);
+  const __m512i units = _mm512_set1_epi64(int64_t(0x8040201008040201ull));
+  __m512i r[8];
+  for (int k = 0; k < 8; ++k) {
+    const __m512i blocks = _mm512_permutexvar_epi8(gather, _mm512_loadu_si512(a + 8 * k));
+    r[k] = _mm512_gf2p8affine_epi64_epi8(units, blocks, 0);
+  }
+  transpose_lanes8(r);
+  for (int k = 0; k < 8; ++k) _mm512_storeu_si512(a + 8 * k, _mm512_permutexvar_epi8(spread, r[k]));
+#else
   transpose_round<32>(a);
   transpose_round<16>(a);
   transpose_round<8>(a);
   transpose_round<4>(a);
   transpose_round<2>(a);
   transpose_round<1>(a);
+#endif
 }
 
 // bit j = p[j] != 0, for j < n <= 64 (NaN is nonzero, -0.0 is zero, as in C++). AVX2: chunks of
@@ -518,7 +576,7 @@ inline __attribute__((always_inline)) void slice_count_planes(const uint64_t* b,
 }
 
 // slice_count_planes at word q; returns the count's width, slice_width(n).
-inline int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
+inline __attribute__((always_inline)) int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
                        vbits* bits) {
   const int width = slice_width(n), nh = width - 4;
   const uint64_t* b = image + q;
