@@ -113,18 +113,21 @@ inline void dense_tile(const T* rows, int64_t K, const T* panel, T* best, int32_
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) storeu(best + r * NR + v * L, acc[r][v]);
   } else {
-    V top[R][NV];
-    M top_block[R][NV];
+    // One running maximum per lane, as without the argmax; at the end of each block of KB
+    // inputs, the lanes whose maximum grew (strictly: the first block reaching it is kept) record
+    // the block. The maximum at the block's start and the block indices live in memory (the
+    // compare reads it, the mask writes it): the loop's registers stay the tile's.
+    alignas(64) T start[R * NR];
+    alignas(64) typename S::Index blocks[R * NR];  // the lane type of M
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) {
-        top[r][v] = ninf;
-        top_block[r][v] = splat<M>(0);
+        acc[r][v] = ninf;
+        storeu(start + r * NR + v * L, ninf);
+        storeu(blocks + r * NR + v * L, splat<M>(0));
       }
     int32_t b = 0;
     for (int64_t k0 = 0; k0 < K; k0 += KB, ++b) {
       const int64_t k1 = std::min<int64_t>(K, k0 + KB);
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = ninf;
       for (int64_t k = k0; k < k1; ++k) {
         V wv[NV];
         for (int v = 0; v < NV; ++v) wv[v] = loadu<V>(panel + k * NR + v * L);
@@ -139,15 +142,17 @@ inline void dense_tile(const T* rows, int64_t K, const T* panel, T* best, int32_
       const M bv = splat<M>(b);
       for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) {
-          const M m = acc[r][v] > top[r][v];  // strictly: the first block with the maximum
-          top[r][v] = m ? acc[r][v] : top[r][v];
-          top_block[r][v] = m ? bv : top_block[r][v];
+          T* st = start + r * NR + v * L;
+          typename S::Index* bl = blocks + r * NR + v * L;
+          const M grew = acc[r][v] > loadu<V>(st);
+          storeu(bl, grew ? bv : loadu<M>(bl));
+          storeu(st, acc[r][v]);
         }
     }
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) {
-        storeu(best + r * NR + v * L, top[r][v]);
-        for (int l = 0; l < L; ++l) block[r * NR + v * L + l] = int32_t(top_block[r][v][l]);
+        storeu(best + r * NR + v * L, acc[r][v]);
+        for (int l = 0; l < L; ++l) block[r * NR + v * L + l] = int32_t(blocks[r * NR + v * L + l]);
       }
   }
 }
@@ -187,6 +192,27 @@ inline void dense_exact(const DenseArgs<T>& a, int64_t row, int64_t o) {
   for (int64_t k = 1; k < a.K && !is_nan(best); ++k)
     extreme_step<false>(signed_(xr[k], n) + signed_(wr[k], n), int32_t(k), best, arg);
   dense_finish(a, row, o, best, arg);
+}
+
+// The first k < n with x[k] + c[k * NR] == m (c: the packed panel the tile read, hot in cache),
+// or n if none: the tile's additions again (x + c, no contraction), so the maximum is found
+// exactly. A whole block of 8 floats: one gather and one vector compare.
+template <typename T>
+inline int64_t first_reaching(const T* x, const T* c, int64_t n, T m) {
+  constexpr int NR = DenseTiling<T>::NR;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (n == 8) {
+      const __m256i at = _mm256_setr_epi32(0, NR, 2 * NR, 3 * NR, 4 * NR, 5 * NR, 6 * NR, 7 * NR);
+      const __m256 t = _mm256_add_ps(_mm256_loadu_ps(x), _mm256_i32gather_ps(c, at, 4));
+      const int hits = _mm256_movemask_ps(_mm256_cmp_ps(t, _mm256_set1_ps(m), _CMP_EQ_OQ));
+      return hits != 0 ? __builtin_ctz(unsigned(hits)) : n;
+    }
+  }
+#endif
+  for (int64_t k = 0; k < n; ++k)
+    if (x[k] + c[k * NR] == m) return k;
+  return n;
 }
 
 // Rows [r0, r1) against panels [p0, p1) of the packed weights.
@@ -235,12 +261,9 @@ void dense_forward(const DenseArgs<T>& a, const T* packed, bool weights_clean, i
           const T m = best[r * NR + l];
           int32_t arg = 0;
           if (want_arg) {  // the first input of the winning block that reaches the maximum
-            const int64_t k0 = int64_t(block[r * NR + l]) * KB, k1 = std::min<int64_t>(K, k0 + KB);
-            const T* c = panel + l;  // the c the tile added, hot in cache
-            int64_t first = k1;
-            for (int64_t k = k1 - 1; k >= k0; --k)
-              first = xr[k] + c[k * NR] == m ? k : first;
-            arg = int32_t(first < k1 ? first : k0);
+            const int64_t k0 = int64_t(block[r * NR + l]) * KB, n = std::min<int64_t>(K - k0, KB);
+            const int64_t first = first_reaching(xr + k0, panel + k0 * NR + l, n, m);
+            arg = int32_t(k0 + (first < n ? first : 0));
           }
           dense_finish(a, clean[t + r], o, m, arg);
         }

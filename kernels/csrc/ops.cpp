@@ -97,18 +97,21 @@ std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       if (!tropfx::dense_pack(a, packed.data(), p0, p1)) clean = false;
     });
-    // Tasks: row blocks x panel groups, enough of them to keep every thread busy.
+    // Tasks: row blocks x panel groups, enough of them to keep every thread busy. The blocks
+    // split the rows evenly (in whole register tiles, the last one excepted): each thread takes a
+    // contiguous range of tasks, and one short block at the end would leave a thread idle.
     const int64_t blocks = ceil_div(B, Tiling::MB);
     const int64_t groups = std::min<int64_t>(panels, ceil_div(4 * at::get_num_threads(), blocks));
     const int64_t per_group = ceil_div(panels, groups);
+    const int64_t tiles = ceil_div(B, Tiling::MR);
+    auto row = [&](int64_t r) { return std::min(B, r * tiles / blocks * Tiling::MR); };
     const bool weights_clean = clean.load();
     at::parallel_for(0, blocks * groups, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r = t / groups, g = t % groups;
         const int64_t p0 = g * per_group, p1 = std::min(panels, p0 + per_group);
-        if (p0 < p1)
-          tropfx::dense_forward(a, packed.data(), weights_clean, r * Tiling::MB,
-                                std::min(B, (r + 1) * Tiling::MB), p0, p1);
+        if (p0 < p1 && row(r) < row(r + 1))
+          tropfx::dense_forward(a, packed.data(), weights_clean, row(r), row(r + 1), p0, p1);
       }
     });
   });
