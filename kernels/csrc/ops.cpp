@@ -475,6 +475,94 @@ std::vector<uint64_t> pad_bits(const Tensor& x, const tropfx::BitGeometry& g, ui
   return padded;
 }
 
+// The packed weight planes of bool_conv2d: word w of plane p at offset (ki, kj) of output o, the
+// Pp positive planes first, then the Pn negative ones.
+struct WeightWords {
+  const uint64_t* pos;
+  const uint64_t* neg;
+  int64_t kh, kw, Pp, Pn, Cw;
+  int64_t planes() const { return Pp + Pn; }
+  uint64_t operator()(int64_t o, int64_t ki, int64_t kj, int64_t p, int64_t w) const {
+    return p < Pp ? pos[(((o * kh + ki) * kw + kj) * Pp + p) * Cw + w]
+                  : neg[(((o * kh + ki) * kw + kj) * Pn + (p - Pp)) * Cw + w];
+  }
+};
+
+// The offset in a sliced image of the plane word that tap (channel c, ki, kj) reads.
+int32_t tap_offset(const tropfx::SliceGeometry& s, int64_t c, int64_t ki, int64_t kj) {
+  return int32_t((c * s.kw + kj) * s.Ps + ki * s.dh * s.Wow);
+}
+
+// Four channels o0 .. o0 + 3 as a quad (see boolean.h, SliceQuad), or width 0 where counting them
+// one by one is cheaper (their cost model: the union's taps padded to 8 per pattern plus 22
+// additions of the count's width, about a tap's work per plane, against each channel's taps
+// padded to 16), or where one of them exits early or has a constant output.
+tropfx::SliceQuad choose_quad(const WeightWords& word, const std::vector<tropfx::SliceTaps>& taps,
+                              const int64_t* threshold, const tropfx::SliceGeometry& s, int64_t o0) {
+  tropfx::SliceQuad quad;
+  quad.o0 = o0;
+  quad.width = 0;  // not shared
+  int64_t alone = 0, most = 0;
+  for (int k = 0; k < 4; ++k) {
+    const int64_t t = threshold[o0 + k], real = taps[o0 + k].real[0];
+    if (t <= 0 || t > real || tropfx::slice_exits_early(t, real)) return quad;
+    alone += ceil_div(real, 16) * 16;
+    most = std::max(most, real);
+  }
+  const int width = 64 - __builtin_clzll(uint64_t(most) | 1);
+  if (width > tropfx::kQuadBits) return quad;
+  // The channel bits of pattern m at term (q = ki * kw + kj, word w): bits[(m * kh * kw + q) * Cw + w].
+  const int64_t kh = word.kh, kw = word.kw, Cw = word.Cw, terms = kh * kw * Cw;
+  std::vector<uint64_t> bits(16 * terms);
+  for (int64_t q = 0; q < kh * kw; ++q)
+    for (int64_t w = 0; w < Cw; ++w) {
+      uint64_t v[4];
+      for (int k = 0; k < 4; ++k) v[k] = word(o0 + k, q / kw, q % kw, 0, w);
+      for (int m = 1; m < 16; ++m) {
+        uint64_t b = ~uint64_t(0);
+        for (int k = 0; k < 4; ++k) b &= (m >> k) & 1 ? v[k] : ~v[k];
+        bits[m * terms + q * Cw + w] = b;
+      }
+    }
+  int64_t shared = 22 * width;
+  for (int m = 1; m < 16; ++m) {
+    quad.real[m] = 0;
+    for (int64_t i = 0; i < terms; ++i) quad.real[m] += __builtin_popcountll(bits[m * terms + i]);
+    shared += ceil_div(quad.real[m], 8) * 8;
+  }
+  if (shared >= alone) return quad;  // the four channels one by one are cheaper
+  quad.width = width;
+  quad.begin[0] = quad.begin[1] = 0, quad.real[0] = 0;
+  quad.offsets.reserve(shared);
+  for (int m = 1; m < 16; ++m) {
+    const uint64_t* mb = &bits[m * terms];
+    for (int64_t ki = 0; ki < kh; ++ki)
+      for (int64_t kj = 0; kj < kw; ++kj, mb += Cw)
+        for (int64_t w = 0; w < Cw; ++w)
+          for (uint64_t b = mb[w]; b != 0; b &= b - 1)
+            quad.offsets.push_back(tap_offset(s, w * 64 + __builtin_ctzll(b), ki, kj));
+    quad.offsets.resize(quad.begin[m] + ceil_div(quad.real[m], 8) * 8, int32_t(s.zero));
+    quad.begin[m + 1] = int64_t(quad.offsets.size());
+  }
+  return quad;
+}
+
+// Output o's taps, plane by plane, each plane's padded with zero-plane taps to a multiple of 16.
+void single_taps(const WeightWords& word, const tropfx::SliceGeometry& s, int64_t o,
+                 tropfx::SliceTaps& t) {
+  t.offsets.reserve(word.planes() * (word.kh * word.kw * s.C + 16));
+  t.begin.push_back(0);
+  for (int64_t p = 0; p < word.planes(); ++p) {
+    for (int64_t ki = 0; ki < word.kh; ++ki)
+      for (int64_t kj = 0; kj < word.kw; ++kj)
+        for (int64_t w = 0; w < word.Cw; ++w)
+          for (uint64_t v = word(o, ki, kj, p, w); v != 0; v &= v - 1)
+            t.offsets.push_back(tap_offset(s, w * 64 + __builtin_ctzll(v), ki, kj));
+    t.offsets.resize(t.begin.back() + ceil_div(t.real[p], 16) * 16, int32_t(s.zero));
+    t.begin.push_back(int64_t(t.offsets.size()));
+  }
+}
+
 // The bit-sliced path (stride 1; see boolean.h, SliceGeometry): false if it does not apply.
 bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, const Tensor& threshold,
                         const tropfx::BitGeometry& g, Tensor& out) {
@@ -489,12 +577,8 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
   const int max_width = tropfx::slice_width(ceil_div(Cw * 64 * kh * kw, 16) * 16);
   const int planes_bits = 64 - __builtin_clzll(uint64_t(P));
   if (max_width + std::max(Pp, Pn) + planes_bits > 60) return false;
-  const uint64_t* pp = pos.const_data_ptr<uint64_t>();
-  const uint64_t* np = neg.const_data_ptr<uint64_t>();
-  auto word = [&](int64_t o, int64_t ki, int64_t kj, int64_t p, int64_t w) {
-    return p < Pp ? pp[(((o * kh + ki) * kw + kj) * Pp + p) * Cw + w]
-                  : np[(((o * kh + ki) * kw + kj) * Pn + (p - Pp)) * Cw + w];
-  };
+  const WeightWords word{pos.const_data_ptr<uint64_t>(), neg.const_data_ptr<uint64_t>(), kh, kw,
+                         Pp, Pn, Cw};
   // Only the channels some weight reads get planes.
   int64_t C = 0;
   for (int64_t o = 0; o < O; ++o)
@@ -505,9 +589,13 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
             C = std::max<int64_t>(C, w * 64 + 64 - __builtin_clzll(v));
   const tropfx::SliceGeometry s = tropfx::slice_geometry(g, C);
   if (s.image >= (int64_t(1) << 31)) return false;  // tap offsets are int32
+  // The weights' preprocessing is small next to the counting (a few percent of the call at 64 ->
+  // 64 channels): run in the calling thread below ``kSerial`` outputs, where forking the pool
+  // would cost more than it saves.
+  constexpr int64_t kSerial = 256;
   // Each plane's number of taps first (quads are chosen by them), the tap offsets after.
   std::vector<tropfx::SliceTaps> taps(O);
-  at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
+  at::parallel_for(0, O, kSerial, [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o)
       for (int64_t p = 0; p < P; ++p) {
         int64_t n = 0;
@@ -516,60 +604,11 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
         taps[o].real.push_back(n);
       }
   });
-  // Channels counted four at a time where that reads fewer taps (see boolean.h, SliceQuad).
+  // Channels counted four at a time where that reads fewer taps (single-plane weights only).
   const int64_t* tp = threshold.const_data_ptr<int64_t>();
   std::vector<tropfx::SliceQuad> candidates(P == 1 ? O / 4 : 0);
-  at::parallel_for(0, int64_t(candidates.size()), 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      tropfx::SliceQuad& quad = candidates[i];
-      quad.o0 = i * 4;
-      quad.width = 0;  // not shared
-      int64_t alone = 0, most = 0;
-      bool shareable = true;
-      for (int k = 0; k < 4; ++k) {
-        const int64_t t = tp[quad.o0 + k], real = taps[quad.o0 + k].real[0];
-        shareable = shareable && t > 0 && t <= real && !tropfx::slice_exits_early(t, real);
-        alone += ceil_div(real, 16) * 16;
-        most = std::max(most, real);
-      }
-      const int width = 64 - __builtin_clzll(uint64_t(most) | 1);
-      if (!shareable || width > tropfx::kQuadBits) continue;
-      // The channel bits of pattern m at term (q = ki * kw + kj, word w): bits[(m * kh * kw + q) * Cw + w].
-      const int64_t terms = kh * kw * Cw;
-      std::vector<uint64_t> bits(16 * terms);
-      for (int64_t q = 0; q < kh * kw; ++q)
-        for (int64_t w = 0; w < Cw; ++w) {
-          uint64_t v[4];
-          for (int k = 0; k < 4; ++k) v[k] = word(quad.o0 + k, q / kw, q % kw, 0, w);
-          for (int m = 1; m < 16; ++m) {
-            uint64_t b = ~uint64_t(0);
-            for (int k = 0; k < 4; ++k) b &= (m >> k) & 1 ? v[k] : ~v[k];
-            bits[m * terms + q * Cw + w] = b;
-          }
-        }
-      int64_t shared = 22 * width;  // 22 additions of width planes, about a tap's work per plane
-      for (int m = 1; m < 16; ++m) {
-        quad.real[m] = 0;
-        for (int64_t i = 0; i < terms; ++i) quad.real[m] += __builtin_popcountll(bits[m * terms + i]);
-        shared += ceil_div(quad.real[m], 8) * 8;
-      }
-      if (shared >= alone) continue;  // the four channels one by one are cheaper
-      quad.width = width;
-      quad.begin[0] = quad.begin[1] = 0, quad.real[0] = 0;
-      quad.offsets.reserve(shared);
-      for (int m = 1; m < 16; ++m) {
-        const uint64_t* mb = &bits[m * terms];
-        for (int64_t ki = 0; ki < kh; ++ki)
-          for (int64_t kj = 0; kj < kw; ++kj, mb += Cw)
-            for (int64_t w = 0; w < Cw; ++w)
-              for (uint64_t b = mb[w]; b != 0; b &= b - 1) {
-                const int64_t c = w * 64 + __builtin_ctzll(b);
-                quad.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
-              }
-        quad.offsets.resize(quad.begin[m] + ceil_div(quad.real[m], 8) * 8, int32_t(s.zero));
-        quad.begin[m + 1] = int64_t(quad.offsets.size());
-      }
-    }
+  at::parallel_for(0, int64_t(candidates.size()), kSerial / 4, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) candidates[i] = choose_quad(word, taps, tp, s, i * 4);
   });
   std::vector<tropfx::SliceQuad> quads;
   std::vector<int> quad_at(O, -1);
@@ -578,24 +617,9 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
       quad_at[quad.o0] = int(quads.size());
       quads.push_back(std::move(quad));
     }
-  at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      if (quad_at[o / 4 * 4] >= 0) continue;  // counted by its quad
-      tropfx::SliceTaps& t = taps[o];
-      t.offsets.reserve(P * (kh * kw * C + 16));
-      t.begin.push_back(0);
-      for (int64_t p = 0; p < P; ++p) {
-        for (int64_t ki = 0; ki < kh; ++ki)
-          for (int64_t kj = 0; kj < kw; ++kj)
-            for (int64_t w = 0; w < Cw; ++w)
-              for (uint64_t v = word(o, ki, kj, p, w); v != 0; v &= v - 1) {
-                const int64_t c = w * 64 + __builtin_ctzll(v);
-                t.offsets.push_back(int32_t((c * kw + kj) * s.Ps + ki * g.dh * s.Wow));
-              }
-        t.offsets.resize(t.begin.back() + ceil_div(t.real[p], 16) * 16, int32_t(s.zero));
-        t.begin.push_back(int64_t(t.offsets.size()));
-      }
-    }
+  at::parallel_for(0, O, kSerial, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o)
+      if (quad_at[o / 4 * 4] < 0) single_taps(word, s, o, taps[o]);  // else counted by its quad
   });
   std::vector<int> shift(P);
   std::unique_ptr<bool[]> negative(new bool[P]);
