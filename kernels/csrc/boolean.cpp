@@ -669,36 +669,49 @@ inline __attribute__((always_inline)) void slice_add(const vbits* a, const vbits
 }
 
 // The planes a quad's kernel works in: per pattern m = 1 .. 15 its count at c[m * W], planes past
-// the count's own width zero; the four channels' counts at c[16 * W] .. c[20 * W). slice_count may
-// write up to 4 planes more than W (its width follows the padded number of taps), but those planes
-// of a count below 2^W are zero: they land, as zeros, on the planes of the next patterns (counted
-// after it, or empty and zero) or of the channels (written after every count).
+// the count's own width zero. slice_count may write up to 4 planes more than W (its width follows
+// the padded number of taps), but those planes of a count below 2^W are zero: they land, as
+// zeros, on the planes of the next patterns (counted after it, or empty and zero) or on the 4 * W
+// planes of room after the last pattern.
 constexpr int kQuadPlanes = 20;
 
-// The four channels of a quad at word q into c[(16 + k) * W], k = 0 .. 3, W planes each (every
-// count below 2^W). Each pattern's count, then channel k's as the sum of the patterns with bit k:
-// with E_x the sum of the patterns whose bits 0-1 are x, and F_y of those whose bits 2-3 are y,
-// count_0 = E_1 + E_3, count_1 = E_2 + E_3, count_2 = F_1 + F_3, count_3 = F_2 + F_3 (E_x takes
-// every pattern x + 4 h, F_y every pattern l + 4 y, so each pattern with bit k counts once).
+// out = c[a] + c[b] + c[d] + c[e], W planes each.
 template <int W>
-void quad_counts(const uint64_t* image, const SliceQuad& quad, int64_t q, vbits* c) {
+inline __attribute__((always_inline)) void slice_sum4(const vbits* c, int a, int b, int d, int e,
+                                                      vbits* out) {
+  slice_add<W>(c + a * W, c + b * W, out);
+  slice_add<W>(out, c + d * W, out);
+  slice_add<W>(out, c + e * W, out);
+}
+
+// The four channels' outputs 1[count_k >= threshold[k]] at word q (every count below 2^W). Each
+// pattern's count, then channel k's as the sum of the patterns with bit k: with E_x the sum of the
+// patterns whose bits 0-1 are x, and F_y of those whose bits 2-3 are y, count_0 = E_1 + E_3,
+// count_1 = E_2 + E_3, count_2 = F_1 + F_3, count_3 = F_2 + F_3 (E_x takes every pattern x + 4 h,
+// F_y every pattern l + 4 y, so each pattern with bit k counts once). In this order at most two
+// sums are live (E_3 or F_3, and the one being formed): they stay in registers.
+template <int W>
+void quad_hits(const uint64_t* image, const SliceQuad& quad, int64_t q, vbits* c,
+               const int64_t* threshold, vbits* hit) {
   for (int m = 1; m < 16; ++m) {
     const int64_t n = quad.begin[m + 1] - quad.begin[m];
     if (n > 0) slice_count(image, quad.offsets.data() + quad.begin[m], n, q, c + m * W);
   }
-  vbits e[4][W], f[4][W];
-  for (int x = 1; x < 4; ++x) {
-    slice_add<W>(c + x * W, c + (x + 4) * W, e[x]);
-    slice_add<W>(e[x], c + (x + 8) * W, e[x]);
-    slice_add<W>(e[x], c + (x + 12) * W, e[x]);
-    slice_add<W>(c + 4 * x * W, c + (4 * x + 1) * W, f[x]);
-    slice_add<W>(f[x], c + (4 * x + 2) * W, f[x]);
-    slice_add<W>(f[x], c + (4 * x + 3) * W, f[x]);
-  }
-  slice_add<W>(e[1], e[3], c + 16 * W);
-  slice_add<W>(e[2], e[3], c + 17 * W);
-  slice_add<W>(f[1], f[3], c + 18 * W);
-  slice_add<W>(f[2], f[3], c + 19 * W);
+  vbits shared[W], sum[W];
+  slice_sum4<W>(c, 3, 7, 11, 15, shared);  // E_3
+  slice_sum4<W>(c, 1, 5, 9, 13, sum);
+  slice_add<W>(sum, shared, sum);
+  hit[0] = slice_at_least(sum, W, threshold[0]);
+  slice_sum4<W>(c, 2, 6, 10, 14, sum);
+  slice_add<W>(sum, shared, sum);
+  hit[1] = slice_at_least(sum, W, threshold[1]);
+  slice_sum4<W>(c, 12, 13, 14, 15, shared);  // F_3
+  slice_sum4<W>(c, 4, 5, 6, 7, sum);
+  slice_add<W>(sum, shared, sum);
+  hit[2] = slice_at_least(sum, W, threshold[2]);
+  slice_sum4<W>(c, 8, 9, 10, 11, sum);
+  slice_add<W>(sum, shared, sum);
+  hit[3] = slice_at_least(sum, W, threshold[3]);
 }
 
 // One quad over the words [q0, q1) of image n: W planes per number, W the width of the largest
@@ -713,11 +726,9 @@ void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* thr
     for (int k = n > 0 ? std::min(W, slice_width(n)) : 0; k < W; ++k) c[m * W + k] = vbits{};
   }
   for (int64_t q = q0; q < q1; q += kLanes) {
-    quad_counts<W>(image, quad, q, c);
-    for (int k = 0; k < 4; ++k) {
-      const vbits hit = slice_at_least(c + (16 + k) * W, W, threshold[k]);
-      std::memcpy(dst + k * Lq + q, &hit, sizeof hit);
-    }
+    vbits hit[4];
+    quad_hits<W>(image, quad, q, c, threshold, hit);
+    for (int k = 0; k < 4; ++k) std::memcpy(dst + k * Lq + q, &hit[k], sizeof hit[k]);
   }
 }
 
