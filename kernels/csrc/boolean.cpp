@@ -758,7 +758,9 @@ SliceGeometry slice_geometry(const BitGeometry& g, int64_t C) {
   s.kh = g.kh, s.kw = g.kw, s.ph = g.ph, s.pw = g.pw, s.dh = g.dh, s.dw = g.dw;
   s.Wow = (g.Wo + 63) / 64;
   s.Lq = (g.Ho * s.Wow + kLanes - 1) / kLanes * kLanes;
-  s.Ps = g.Hq * s.Wow + kLanes;
+  // Whole vectors, so that every plane starts on a vector (the taps of row offset 0 load whole
+  // cache lines when the buffer is aligned to one).
+  s.Ps = (g.Hq * s.Wow + kLanes + kLanes - 1) / kLanes * kLanes;
   s.zero = C * g.kw * s.Ps;
   s.image = s.zero + s.Ps;
   return s;

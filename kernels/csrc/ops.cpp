@@ -628,15 +628,17 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
     negative[p] = p >= Pp;
   }
   // Uninitialized: the kernels write every word they read.
-  std::unique_ptr<uint64_t[]> planes(new uint64_t[s.N * s.image]);
+  // Aligned to a cache line: the planes start on whole vectors (SliceGeometry::Ps).
+  std::unique_ptr<uint64_t[]> planes_store(new uint64_t[s.N * s.image + 8]);
+  uint64_t* planes = planes_store.get() + (-(reinterpret_cast<uintptr_t>(planes_store.get()) / 8) & 7u);
   const uint64_t* xp = x.const_data_ptr<uint64_t>();
   at::parallel_for(0, s.N * g.Cw, 1, [&](int64_t t0, int64_t t1) {
-    tropfx::slice_planes(xp, planes.get(), s, t0, t1);
+    tropfx::slice_planes(xp, planes, s, t0, t1);
   });
   std::unique_ptr<uint64_t[]> sliced(new uint64_t[s.N * ceil_div(O, 64) * 64 * s.Lq]);
   const int64_t blocks = ceil_div(s.Lq, tropfx::kSliceBlock);
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t t0, int64_t t1) {
-    tropfx::slice_conv_blocks(planes.get(), taps, quads, quad_at.data(), shift.data(),
+    tropfx::slice_conv_blocks(planes, taps, quads, quad_at.data(), shift.data(),
                               negative.get(), int(P), tp, O, s, sliced.get(), t0, t1);
   });
   uint64_t* op_ = out.mutable_data_ptr<uint64_t>();
