@@ -616,9 +616,10 @@ inline bool all_lanes(vbits m, uint64_t value) {
 inline vbits valid_lanes(const SliceGeometry& s, int64_t q) {
   vbits v;
   const int tail = int(s.Wo - 64 * (s.Wow - 1));  // pixels in a row's last word, 1 .. 64
+  const int64_t group = q / kLanes / s.Wow, w = q / kLanes % s.Wow;  // the vector's rows and word
+  const bool last = w == s.Wow - 1;
   for (int k = 0; k < kLanes; ++k) {
-    const int64_t word = q + k, row = word / s.Wow;
-    const bool last = word % s.Wow == s.Wow - 1;
+    const int64_t row = group + s.S * k;
     v[k] = row >= s.Ho ? 0 : last && tail < 64 ? (uint64_t(1) << tail) - 1 : ~uint64_t(0);
   }
   return v;
@@ -757,10 +758,11 @@ SliceGeometry slice_geometry(const BitGeometry& g, int64_t C) {
   s.Ho = g.Ho, s.Wo = g.Wo, s.Hq = g.Hq;
   s.kh = g.kh, s.kw = g.kw, s.ph = g.ph, s.pw = g.pw, s.dh = g.dh, s.dw = g.dw;
   s.Wow = (g.Wo + 63) / 64;
-  s.Lq = (g.Ho * s.Wow + kLanes - 1) / kLanes * kLanes;
-  // Whole vectors, so that every plane starts on a vector (the taps of row offset 0 load whole
-  // cache lines when the buffer is aligned to one).
-  s.Ps = (g.Hq * s.Wow + kLanes + kLanes - 1) / kLanes * kLanes;
+  s.lanes = kLanes;
+  s.S = (g.Ho + kLanes - 1) / kLanes;
+  s.U = s.S + int64_t(g.kh - 1) * g.dh;
+  s.Lq = s.S * s.Wow * kLanes;
+  s.Ps = s.U * s.Wow * kLanes;  // whole vectors: in an aligned buffer, every tap loads whole lines
   s.zero = C * g.kw * s.Ps;
   s.image = s.zero + s.Ps;
   return s;
@@ -775,8 +777,9 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
   const int64_t lead = (s.pw + 63) / 64;
   const int64_t reach = s.Wow + (int64_t(s.kw - 1) * s.dw + 63) / 64;
   const int64_t stride = lead + std::max(Wb, reach) + 1;
+  const bool short_rows = Wb == 1 && s.Wow == 1;  // one word per row in and out: stride unused
   // Zeroed (the words around each row) only where the general layout below uses it.
-  const int64_t row_words = 64 * s.H * stride;
+  const int64_t row_words = 64 * s.H * (short_rows ? 1 : stride);
   std::unique_ptr<uint64_t[]> rows(new uint64_t[row_words]);
   bool rows_zeroed = false;
   // Where output word w of column offset kj starts: word and bit of the row buffer.
@@ -788,6 +791,14 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
       word[kj * s.Wow + w] = b / 64;
       bit[kj * s.Wow + w] = int(b % 64);
     }
+  // The input row (0 .. H, or -1 for padding) of every word of a plane, in plane order.
+  const int64_t L = s.lanes, per_plane = s.U * L;
+  std::vector<int64_t> source(per_plane);
+  for (int64_t u = 0; u < s.U; ++u)
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t h = u + s.S * l - s.ph;
+      source[u * L + l] = h >= 0 && h < s.H ? h : -1;
+    }
   alignas(64) uint64_t a[64];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = t / s.Cw, cw = t % s.Cw;
@@ -795,16 +806,9 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
     if (cw == 0) std::fill(image + s.zero, image + s.image, uint64_t(0));
     const int64_t c1 = std::min<int64_t>(64, s.C - cw * 64);
     if (c1 <= 0) continue;  // no weight reads these channels
-    const int64_t top = s.ph * s.Wow, body = s.H * s.Wow;
-    for (int64_t k = 0; k < c1; ++k)
-      for (int kj = 0; kj < s.kw; ++kj) {
-        uint64_t* plane = image + ((cw * 64 + k) * s.kw + kj) * s.Ps;
-        std::fill(plane, plane + top, uint64_t(0));
-        std::fill(plane + top + body, plane + s.Ps, uint64_t(0));
-      }
-    if (Wb == 1 && s.Wow == 1) {
-      // Rows of at most 64 pixels in and out: each transposed word is a whole row (channel k's
-      // row h at rows[k * H + h]), shifted straight into the kw planes, written front to back.
+    if (short_rows) {
+      // Each transposed word is a whole row (channel k's row h at rows[k * H + h]), shifted
+      // straight into the kw planes, written front to back.
       const int64_t H = s.H, W = s.W, Cw = s.Cw, Ps = s.Ps;
       for (int64_t h = 0; h < H; ++h) {
         const uint64_t* src = x + (n * H + h) * W * Cw + cw;
@@ -815,15 +819,15 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
       }
       for (int64_t k = 0; k < c1; ++k)
         for (int kj = 0; kj < s.kw; ++kj) {
-          uint64_t* dst = image + ((cw * 64 + k) * s.kw + kj) * Ps + top;
+          uint64_t* dst = image + ((cw * 64 + k) * s.kw + kj) * Ps;
           const uint64_t* row = &rows[k * H];
           const int64_t sh = int64_t(kj) * s.dw - s.pw;  // bit j reads pixel j + sh
           if (sh <= -64 || sh >= 64) {
-            std::fill(dst, dst + H, uint64_t(0));
+            std::fill(dst, dst + Ps, uint64_t(0));
           } else if (sh >= 0) {
-            for (int64_t h = 0; h < H; ++h) dst[h] = row[h] >> sh;
+            for (int64_t p = 0; p < per_plane; ++p) dst[p] = source[p] < 0 ? 0 : row[source[p]] >> sh;
           } else {
-            for (int64_t h = 0; h < H; ++h) dst[h] = row[h] << -sh;
+            for (int64_t p = 0; p < per_plane; ++p) dst[p] = source[p] < 0 ? 0 : row[source[p]] << -sh;
           }
         }
       continue;
@@ -841,21 +845,22 @@ void slice_planes(const uint64_t* x, uint64_t* planes, const SliceGeometry& s, i
         for (int64_t k = 0; k < c1; ++k) rows[(k * s.H + h) * stride + lead + pb] = a[k];
       }
     }
-    // Each plane (c, kj) written front to back; a row of the buffer is read once for all kj.
-    for (int64_t k = 0; k < c1; ++k) {
-      uint64_t* plane0 = image + (cw * 64 + k) * s.kw * s.Ps;
-      for (int64_t h = 0; h < s.H; ++h) {
-        const uint64_t* row = &rows[(k * s.H + h) * stride];
-        uint64_t* dst = plane0 + top + h * s.Wow;
-        for (int kj = 0; kj < s.kw; ++kj, dst += s.Ps) {
-          const int64_t* wi = &word[kj * s.Wow];
-          const int* bi = &bit[kj * s.Wow];
+    // Each plane (c, kj) written front to back.
+    for (int64_t k = 0; k < c1; ++k)
+      for (int kj = 0; kj < s.kw; ++kj) {
+        uint64_t* dst = image + ((cw * 64 + k) * s.kw + kj) * s.Ps;
+        const int64_t* wi = &word[kj * s.Wow];
+        const int* bi = &bit[kj * s.Wow];
+        for (int64_t u = 0; u < s.U; ++u)
           for (int64_t w = 0; w < s.Wow; ++w)
-            // (row[i + 1] << 1) << (63 - b): the next word's share, 0 when b == 0.
-            dst[w] = (row[wi[w]] >> bi[w]) | ((row[wi[w] + 1] << 1) << (63 - bi[w]));
-        }
+            for (int64_t l = 0; l < L; ++l) {
+              const int64_t h = source[u * L + l];
+              const uint64_t* row = &rows[(k * s.H + std::max<int64_t>(h, 0)) * stride];
+              // (row[i + 1] << 1) << (63 - b): the next word's share, 0 when b == 0.
+              const uint64_t v = (row[wi[w]] >> bi[w]) | ((row[wi[w] + 1] << 1) << (63 - bi[w]));
+              dst[(u * s.Wow + w) * L + l] = h < 0 ? 0 : v;
+            }
       }
-    }
   }
 }
 
@@ -945,7 +950,7 @@ void slice_unpack_rows(const uint64_t* sliced, uint64_t* out, const SliceGeometr
     uint64_t* orow = out + t * s.Wo * Ow;
     for (int64_t w = 0; w < s.Wow; ++w)
       for (int64_t ob = 0; ob < Ow; ++ob) {
-        const uint64_t* src = sliced + (n * Opad + ob * 64) * s.Lq + i * s.Wow + w;
+        const uint64_t* src = sliced + (n * Opad + ob * 64) * s.Lq + slice_word(s, i, w);
         for (int k = 0; k < 64; ++k) a[k] = src[k * s.Lq];
         transpose64(a);
         const int64_t j1 = std::min<int64_t>(64, s.Wo - w * 64);

@@ -75,22 +75,40 @@ void bool_conv_rows(const uint64_t* padded, const uint64_t* planes, const int* s
                     int64_t t0, int64_t t1);
 
 // Bit-sliced boolean convolution, stride 1 (the fast path of bool_conv2d). The packed input is
-// turned width-major: per image n, input channel c and column offset kj, a plane of Hq rows of Wow
+// turned width-major: per image n, input channel c and column offset kj, a plane of rows of Wow
 // words whose bit j of word w is the padded input at column w * 64 + j + kj * dw (Wow =
 // ceil(Wo / 64) words per row). An output word (i, w) of channel o then sums, over the taps
 // (c, ki, kj) with a weight bit set, the word (i + ki * dh, w) of plane (c, kj): 64 pixels per
-// word, one vector of words at a time, added into a bit-sliced counter with carry-save adders
-// (Harley-Seal: 5 logic operations per tap per vector). No popcount instruction is involved.
+// word, one vector of ``lanes`` words at a time, added into a bit-sliced counter with carry-save
+// adders (Harley-Seal). No popcount instruction is involved.
+//
+// Rows are interleaved so that every tap loads one aligned vector: the lanes of a vector hold the
+// rows v, v + S, .., v + (lanes - 1) S (S = ceil(Ho / lanes) row groups), so row offset ki * dh
+// moves from vector (v, w) to vector (v + ki * dh, w), never across lanes. Output word (i, w) sits
+// at ((i % S) * Wow + w) * lanes + i / S (slice_word); input plane row h (padded, 0 .. Hq) at
+// every ((u * Wow + w) * lanes + l) with u + S l = h, u < U = S + (kh - 1) dh (some rows twice).
 struct SliceGeometry {
   int64_t N, C, H, W, Cw;    // input (packed: N, H, W, Cw)
   int64_t Ho, Wo, Hq;        // output rows / columns, padded input rows
   int kh, kw, ph, pw, dh, dw;
   int64_t Wow;               // words per output row, ceil(Wo / 64)
-  int64_t Lq;                // output words per (n, o) plane, Ho * Wow rounded up to whole vectors
-  int64_t Ps;                // words per input plane: Hq * Wow + room for a whole vector
+  int64_t lanes;             // words per vector
+  int64_t S, U;              // row groups of the output and of an input plane
+  int64_t Lq;                // output words per (n, o) plane: S * Wow * lanes
+  int64_t Ps;                // words per input plane: U * Wow * lanes
   int64_t image;             // words per image: (C * kw + 1) planes, the last one all zero
   int64_t zero;              // offset of the zero plane in an image (padding taps read it)
 };
+
+// Where output word (row i, word w) of a (n, o) plane sits (see SliceGeometry).
+inline int64_t slice_word(const SliceGeometry& s, int64_t i, int64_t w) {
+  return ((i % s.S) * s.Wow + w) * s.lanes + i / s.S;
+}
+
+// The offset in an image of planes of the word that tap (channel c, ki, kj) adds to output word 0.
+inline int64_t slice_tap_offset(const SliceGeometry& s, int64_t c, int64_t ki, int64_t kj) {
+  return (c * s.kw + kj) * s.Ps + ki * s.dh * s.Wow * s.lanes;
+}
 
 SliceGeometry slice_geometry(const BitGeometry& g, int64_t C);
 

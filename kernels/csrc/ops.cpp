@@ -490,7 +490,7 @@ struct WeightWords {
 
 // The offset in a sliced image of the plane word that tap (channel c, ki, kj) reads.
 int32_t tap_offset(const tropfx::SliceGeometry& s, int64_t c, int64_t ki, int64_t kj) {
-  return int32_t((c * s.kw + kj) * s.Ps + ki * s.dh * s.Wow);
+  return int32_t(tropfx::slice_tap_offset(s, c, ki, kj));
 }
 
 // Four channels o0 .. o0 + 3 as a quad (see boolean.h, SliceQuad), or width 0 where counting them
