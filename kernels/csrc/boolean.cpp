@@ -747,11 +747,6 @@ void quad_dispatch(int width, const uint64_t* image, const SliceQuad& quad,
 
 }  // namespace
 
-
-namespace {
-
-}  // namespace
-
 SliceGeometry slice_geometry(const BitGeometry& g, int64_t C) {
   SliceGeometry s{};
   s.N = g.N, s.C = C, s.H = g.H, s.W = g.W, s.Cw = g.Cw;
