@@ -475,6 +475,30 @@ std::vector<uint64_t> pad_bits(const Tensor& x, const tropfx::BitGeometry& g, ui
   return padded;
 }
 
+// Scratch memory for one call, ``words`` uint64 aligned to a cache line. Up to kKeptWords (16 MiB)
+// it is the calling thread's buffer, kept from call to call (slots 0 and 1: two alive at once): a
+// fresh allocation of this size comes from mmap every time once the model's other large tensors
+// move glibc's heap, and its page faults cost up to a third of a boolean convolution at 64 x 56 x
+// 56. Larger ones are allocated for the call and freed after it.
+class Scratch {
+ public:
+  static constexpr int64_t kKeptWords = int64_t(1) << 21;
+  Scratch(int slot, int64_t words) {
+    std::vector<uint64_t>* v = &owned_;
+    if (words <= kKeptWords) {
+      thread_local std::vector<uint64_t> kept[2];
+      v = &kept[slot];
+    }
+    if (int64_t(v->size()) < words + 8) v->resize(words + 8);
+    data_ = v->data() + (-(reinterpret_cast<uintptr_t>(v->data()) / 8) & 7u);
+  }
+  uint64_t* get() const { return data_; }
+
+ private:
+  std::vector<uint64_t> owned_;
+  uint64_t* data_;
+};
+
 // The packed weight planes of bool_conv2d: word w of plane p at offset (ki, kj) of output o, the
 // Pp positive planes first, then the Pn negative ones.
 struct WeightWords {
@@ -625,23 +649,24 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
     shift[p] = int(p < Pp ? p : p - Pp);
     negative[p] = p >= Pp;
   }
-  // Uninitialized: the kernels write every word they read.
-  // Aligned to a cache line: the planes start on whole vectors (SliceGeometry::Ps).
-  std::unique_ptr<uint64_t[]> planes_store(new uint64_t[s.N * s.image + 8]);
-  uint64_t* planes = planes_store.get() + (-(reinterpret_cast<uintptr_t>(planes_store.get()) / 8) & 7u);
+  // Not cleared between calls: the kernels write every word they read. Aligned to a cache line:
+  // the planes start on whole vectors (SliceGeometry::Ps).
+  const Scratch planes_store(0, s.N * s.image);
+  uint64_t* planes = planes_store.get();
   const uint64_t* xp = x.const_data_ptr<uint64_t>();
   at::parallel_for(0, s.N * g.Cw, 1, [&](int64_t t0, int64_t t1) {
     tropfx::slice_planes(xp, planes, s, t0, t1);
   });
-  std::unique_ptr<uint64_t[]> sliced(new uint64_t[s.N * ceil_div(O, 64) * 64 * s.Lq]);
+  const Scratch sliced_store(1, s.N * ceil_div(O, 64) * 64 * s.Lq);
+  uint64_t* sliced = sliced_store.get();
   const int64_t blocks = ceil_div(s.Lq, tropfx::kSliceBlock);
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t t0, int64_t t1) {
     tropfx::slice_conv_blocks(planes, taps, quads, quad_at.data(), shift.data(),
-                              negative.get(), int(P), tp, O, s, sliced.get(), t0, t1);
+                              negative.get(), int(P), tp, O, s, sliced, t0, t1);
   });
   uint64_t* op_ = out.mutable_data_ptr<uint64_t>();
   at::parallel_for(0, s.N * s.Ho, 4, [&](int64_t t0, int64_t t1) {
-    tropfx::slice_unpack_rows(sliced.get(), op_, s, ceil_div(O, 64), t0, t1);
+    tropfx::slice_unpack_rows(sliced, op_, s, ceil_div(O, 64), t0, t1);
   });
   return true;
 }
