@@ -221,7 +221,10 @@ void dense_forward(const DenseArgs<T>& a, const T* packed, bool weights_clean, i
                    int64_t r1, int64_t p0, int64_t p1) {
   constexpr int MR = DenseTiling<T>::MR, NR = DenseTiling<T>::NR, KB = DenseTiling<T>::KB;
   const int64_t K = a.K;
-  std::vector<T> rows;  // +-x of the clean rows, contiguous
+  // +-x of the clean rows, contiguous: the worker thread's buffer, kept between calls (a fresh one
+  // of 48 rows x K = 1024 floats would come from mmap and page-fault on every task).
+  thread_local std::vector<T> rows;
+  rows.clear();
   std::vector<int64_t> clean, spoiled;
   rows.reserve((r1 - r0) * K);
   for (int64_t r = r0; r < r1; ++r) {

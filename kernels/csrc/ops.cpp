@@ -60,6 +60,30 @@ void check_bits(const Tensor& t, const char* op, const char* name, int64_t dim) 
 // ---------------------------------------------------------------------------------------------
 // Dense max-plus
 
+// Scratch memory for one call, ``words`` uint64 aligned to a cache line. Up to kKeptWords (16 MiB)
+// it is the calling thread's buffer, kept from call to call (slots 0 and 1: two alive at once): a
+// fresh allocation of this size comes from mmap every time once the model's other large tensors
+// move glibc's heap, and its page faults cost up to a third of a boolean convolution at 64 x 56 x
+// 56. Larger ones are allocated for the call and freed after it.
+class Scratch {
+ public:
+  static constexpr int64_t kKeptWords = int64_t(1) << 21;
+  Scratch(int slot, int64_t words) {
+    std::vector<uint64_t>* v = &owned_;
+    if (words <= kKeptWords) {
+      thread_local std::vector<uint64_t> kept[2];
+      v = &kept[slot];
+    }
+    if (int64_t(v->size()) < words + 8) v->resize(words + 8);
+    data_ = v->data() + (-(reinterpret_cast<uintptr_t>(v->data()) / 8) & 7u);
+  }
+  uint64_t* get() const { return data_; }
+
+ private:
+  std::vector<uint64_t> owned_;
+  uint64_t* data_;
+};
+
 std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
                                        const std::optional<Tensor>& bias_, bool minplus,
                                        bool with_argmax) {
@@ -92,10 +116,11 @@ std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
                                         with_argmax ? arg.mutable_data_ptr<int32_t>() : nullptr,
                                         B, K, M, minplus};
     const int64_t panels = Tiling::panels(M);
-    std::vector<scalar_t> packed(panels * K * Tiling::NR);
+    const Scratch packed_store(0, ceil_div(panels * K * Tiling::NR * int64_t(sizeof(scalar_t)), 8));
+    scalar_t* packed = reinterpret_cast<scalar_t*>(packed_store.get());
     std::atomic<bool> clean{true};
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      if (!tropfx::dense_pack(a, packed.data(), p0, p1)) clean = false;
+      if (!tropfx::dense_pack(a, packed, p0, p1)) clean = false;
     });
     // Tasks: row blocks x panel groups, enough of them to keep every thread busy. The blocks
     // split the rows evenly (in whole register tiles, the last one excepted): each thread takes a
@@ -111,7 +136,7 @@ std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
         const int64_t r = t / groups, g = t % groups;
         const int64_t p0 = g * per_group, p1 = std::min(panels, p0 + per_group);
         if (p0 < p1 && row(r) < row(r + 1))
-          tropfx::dense_forward(a, packed.data(), weights_clean, row(r), row(r + 1), p0, p1);
+          tropfx::dense_forward(a, packed, weights_clean, row(r), row(r + 1), p0, p1);
       }
     });
   });
@@ -474,30 +499,6 @@ std::vector<uint64_t> pad_bits(const Tensor& x, const tropfx::BitGeometry& g, ui
   });
   return padded;
 }
-
-// Scratch memory for one call, ``words`` uint64 aligned to a cache line. Up to kKeptWords (16 MiB)
-// it is the calling thread's buffer, kept from call to call (slots 0 and 1: two alive at once): a
-// fresh allocation of this size comes from mmap every time once the model's other large tensors
-// move glibc's heap, and its page faults cost up to a third of a boolean convolution at 64 x 56 x
-// 56. Larger ones are allocated for the call and freed after it.
-class Scratch {
- public:
-  static constexpr int64_t kKeptWords = int64_t(1) << 21;
-  Scratch(int slot, int64_t words) {
-    std::vector<uint64_t>* v = &owned_;
-    if (words <= kKeptWords) {
-      thread_local std::vector<uint64_t> kept[2];
-      v = &kept[slot];
-    }
-    if (int64_t(v->size()) < words + 8) v->resize(words + 8);
-    data_ = v->data() + (-(reinterpret_cast<uintptr_t>(v->data()) / 8) & 7u);
-  }
-  uint64_t* get() const { return data_; }
-
- private:
-  std::vector<uint64_t> owned_;
-  uint64_t* data_;
-};
 
 // The packed weight planes of bool_conv2d: word w of plane p at offset (ki, kj) of output o, the
 // Pp positive planes first, then the Pn negative ones.
