@@ -67,6 +67,10 @@ def worker(rank, port, path, out_dir):
         torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    # Done, results written: leave without the interpreter's teardown, where gloo's threads once
+    # aborted a finished worker ("terminate called without an active exception", SIGABRT) in the
+    # full suite. What this test checks is already on disk; a failure above still raises.
+    os._exit(0)
 
 
 def free_port():
