@@ -699,20 +699,18 @@ void quad_hits(const uint64_t* image, const SliceQuad& quad, int64_t q, vbits* c
     if (n > 0) slice_count(image, quad.offsets.data() + quad.begin[m], n, q, c + m * W);
   }
   vbits shared[W], sum[W];
+  // Channel k: the sum of patterns a + s * j (j = 0 .. 3), plus ``shared``.
+  auto channel = [&](int k, int a, int s) __attribute__((always_inline)) {
+    slice_sum4<W>(c, a, a + s, a + 2 * s, a + 3 * s, sum);
+    slice_add<W>(sum, shared, sum);
+    hit[k] = slice_at_least(sum, W, threshold[k]);
+  };
   slice_sum4<W>(c, 3, 7, 11, 15, shared);  // E_3
-  slice_sum4<W>(c, 1, 5, 9, 13, sum);
-  slice_add<W>(sum, shared, sum);
-  hit[0] = slice_at_least(sum, W, threshold[0]);
-  slice_sum4<W>(c, 2, 6, 10, 14, sum);
-  slice_add<W>(sum, shared, sum);
-  hit[1] = slice_at_least(sum, W, threshold[1]);
+  channel(0, 1, 4);                         // E_1 + E_3
+  channel(1, 2, 4);                         // E_2 + E_3
   slice_sum4<W>(c, 12, 13, 14, 15, shared);  // F_3
-  slice_sum4<W>(c, 4, 5, 6, 7, sum);
-  slice_add<W>(sum, shared, sum);
-  hit[2] = slice_at_least(sum, W, threshold[2]);
-  slice_sum4<W>(c, 8, 9, 10, 11, sum);
-  slice_add<W>(sum, shared, sum);
-  hit[3] = slice_at_least(sum, W, threshold[3]);
+  channel(2, 4, 1);                          // F_1 + F_3
+  channel(3, 8, 1);                          // F_2 + F_3
 }
 
 // One quad over the words [q0, q1) of image n: W planes per number, W the width of the largest
