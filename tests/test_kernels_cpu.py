@@ -463,6 +463,21 @@ def test_bool_conv2d_early_exit_waits_for_the_last_pixel_of_a_row(ops, width):
                            R.bool_conv2d_reference(packed, pos, neg, threshold, (1, 1), padding, (1, 1)))
 
 
+def test_bool_conv2d_scratch_past_the_kept_size_and_reused(ops):
+    """The sliced path's scratch: per thread and kept between calls up to 16 MiB, allocated for
+    the call past that. 18 images of 512 channels need ~17 MiB of planes; a smaller call after it
+    reuses (and must fully overwrite) the kept buffer."""
+    gen = torch.Generator().manual_seed(5)
+    weight = (torch.rand(4, 512, 3, 3, generator=gen) < 0.5).long()
+    pos, neg = K.pack_conv_weight(weight)
+    threshold = weight.sum((1, 2, 3)) // 2
+    for n, h, w in ((18, 64, 64), (2, 8, 64), (1, 5, 50)):
+        x = ops.pack_bits(torch.rand(n, 512, h, w, generator=gen) < 0.5)
+        args = ((1, 1), (1, 1), (1, 1))
+        assert_bitwise(ops.bool_conv2d(x, pos, neg, threshold, *args),
+                       R.bool_conv2d_reference(x, pos, neg, threshold, *args))
+
+
 def test_binary_weights_are_one_bit_each():
     weight = torch.randint(0, 2, (64, 64, 3, 3))
     pos, neg = K.pack_conv_weight(weight)
