@@ -57,9 +57,6 @@ void check_bits(const Tensor& t, const char* op, const char* name, int64_t dim) 
               " got ", t.scalar_type(), " of ", t.dim(), " dims");
 }
 
-// ---------------------------------------------------------------------------------------------
-// Dense max-plus
-
 // Scratch memory for one call, ``words`` uint64 aligned to a cache line. Up to kKeptWords (16 MiB)
 // it is the calling thread's buffer, kept from call to call (slots 0 and 1: two alive at once): a
 // fresh allocation of this size comes from mmap every time once the model's other large tensors
@@ -77,12 +74,17 @@ class Scratch {
     if (int64_t(v->size()) < words + 8) v->resize(words + 8);
     data_ = v->data() + (-(reinterpret_cast<uintptr_t>(v->data()) / 8) & 7u);
   }
+  Scratch(const Scratch&) = delete;  // data_ may point into owned_
+  Scratch& operator=(const Scratch&) = delete;
   uint64_t* get() const { return data_; }
 
  private:
   std::vector<uint64_t> owned_;
   uint64_t* data_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Dense max-plus
 
 std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
                                        const std::optional<Tensor>& bias_, bool minplus,
