@@ -526,6 +526,15 @@ inline __attribute__((always_inline)) vbits fold8(const uint64_t* b, const int32
 
 // Sixteen taps added to the running count: two 8-tap folds, their carries of weight 8 into the 8
 // plane, its carry of weight 16 rippled into the ``nh`` high planes.
+// A carry added into the ``nh`` planes hi[0 ..] (half adders, least significant first).
+inline __attribute__((always_inline)) void ripple(vbits carry, vbits* hi, int nh) {
+  for (int k = 0; k < nh; ++k) {
+    const vbits h = hi[k];
+    hi[k] = h ^ carry;
+    carry = h & carry;
+  }
+}
+
 inline __attribute__((always_inline)) void add16(const uint64_t* b, const int32_t* o, vbits& ones,
                                                  vbits& twos, vbits& fours, vbits& eights,
                                                  vbits* hi, int nh) {
@@ -533,11 +542,7 @@ inline __attribute__((always_inline)) void add16(const uint64_t* b, const int32_
   const vbits eights_b = fold8(b, o + 8, ones, twos, fours);
   vbits carry;
   csa(carry, eights, eights_a, eights_b, eights);
-  for (int k = 0; k < nh; ++k) {
-    const vbits h = hi[k];
-    hi[k] = h ^ carry;
-    carry = h & carry;
-  }
+  ripple(carry, hi, nh);
 }
 
 // The bit-sliced count of the ``n`` taps (a multiple of 8) at word q: bits[0 .. 4 + nh) of the
@@ -557,15 +562,9 @@ inline __attribute__((always_inline)) void slice_count_planes(const uint64_t* b,
   const int64_t n16 = n & ~int64_t(15);
   for (int64_t t = 0; t < n16; t += 16) add16(b, off + t, ones, twos, fours, eights, hi, nh);
   if (n16 < n) {
-    vbits carry = fold8(b, off + n16, ones, twos, fours);
-    const vbits e = eights;
-    eights = e ^ carry;
-    carry = e & carry;
-    for (int k = 0; k < nh; ++k) {
-      const vbits h = hi[k];
-      hi[k] = h ^ carry;
-      carry = h & carry;
-    }
+    const vbits carry = fold8(b, off + n16, ones, twos, fours);
+    ripple(eights & carry, hi, nh);
+    eights ^= carry;
   }
   bits[0] = ones;
   bits[1] = twos;
@@ -576,8 +575,8 @@ inline __attribute__((always_inline)) void slice_count_planes(const uint64_t* b,
 }
 
 // slice_count_planes at word q; returns the count's width, slice_width(n).
-inline __attribute__((always_inline)) int slice_count(const uint64_t* image, const int32_t* off, int64_t n, int64_t q,
-                       vbits* bits) {
+inline __attribute__((always_inline)) int slice_count(const uint64_t* image, const int32_t* off,
+                                                      int64_t n, int64_t q, vbits* bits) {
   const int width = slice_width(n), nh = width - 4;
   const uint64_t* b = image + q;
   switch (nh) {

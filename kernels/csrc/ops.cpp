@@ -515,11 +515,6 @@ struct WeightWords {
   }
 };
 
-// The offset in a sliced image of the plane word that tap (channel c, ki, kj) reads.
-int32_t tap_offset(const tropfx::SliceGeometry& s, int64_t c, int64_t ki, int64_t kj) {
-  return int32_t(tropfx::slice_tap_offset(s, c, ki, kj));
-}
-
 // Four channels o0 .. o0 + 3 as a quad (see boolean.h, SliceQuad), or width 0 where counting them
 // one by one is cheaper (their cost model: the union's taps padded to 8 per pattern plus 22
 // additions of the count's width, about a tap's work per plane, against each channel's taps
@@ -566,8 +561,10 @@ tropfx::SliceQuad choose_quad(const WeightWords& word, const std::vector<tropfx:
     for (int64_t ki = 0; ki < kh; ++ki)
       for (int64_t kj = 0; kj < kw; ++kj, mb += Cw)
         for (int64_t w = 0; w < Cw; ++w)
-          for (uint64_t b = mb[w]; b != 0; b &= b - 1)
-            quad.offsets.push_back(tap_offset(s, w * 64 + __builtin_ctzll(b), ki, kj));
+          for (uint64_t b = mb[w]; b != 0; b &= b - 1) {
+            const int64_t c = w * 64 + __builtin_ctzll(b);
+            quad.offsets.push_back(int32_t(tropfx::slice_tap_offset(s, c, ki, kj)));
+          }
     quad.offsets.resize(quad.begin[m] + ceil_div(quad.real[m], 8) * 8, int32_t(s.zero));
     quad.begin[m + 1] = int64_t(quad.offsets.size());
   }
@@ -583,8 +580,10 @@ void single_taps(const WeightWords& word, const tropfx::SliceGeometry& s, int64_
     for (int64_t ki = 0; ki < word.kh; ++ki)
       for (int64_t kj = 0; kj < word.kw; ++kj)
         for (int64_t w = 0; w < word.Cw; ++w)
-          for (uint64_t v = word(o, ki, kj, p, w); v != 0; v &= v - 1)
-            t.offsets.push_back(tap_offset(s, w * 64 + __builtin_ctzll(v), ki, kj));
+          for (uint64_t v = word(o, ki, kj, p, w); v != 0; v &= v - 1) {
+            const int64_t c = w * 64 + __builtin_ctzll(v);
+            t.offsets.push_back(int32_t(tropfx::slice_tap_offset(s, c, ki, kj)));
+          }
     t.offsets.resize(t.begin.back() + ceil_div(t.real[p], 16) * 16, int32_t(s.zero));
     t.begin.push_back(int64_t(t.offsets.size()));
   }
