@@ -52,9 +52,11 @@ def assert_bitwise(actual: torch.Tensor, expected: torch.Tensor, zero_sign: bool
 
 
 def grid(shape, dtype, gen, scale=4) -> torch.Tensor:
-    """Values on a coarse grid (many exact ties between sums) with a sprinkle of -inf."""
+    """Values on a coarse grid (many exact ties between sums) with a sprinkle of -inf and of -0.0
+    (+0 and -0 tie, and which one wins shows in the sign of the result)."""
     t = (torch.randint(-scale, scale + 1, shape, generator=gen) / 2).to(dtype)
     t[torch.rand(shape, generator=gen) < 0.05] = -INF
+    t[torch.rand(shape, generator=gen) < 0.05] = -0.0
     return t
 
 
@@ -102,6 +104,39 @@ def test_maxplus_forward_is_bitwise_the_reference(ops, dtype, batch, inner, out)
             y_only, empty = ops.maxplus(x, w, b, minplus, False)
             assert_bitwise(y_only, y_ref)
             assert empty.shape == (0,)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 20), inner=st.integers(1, 80), out=st.integers(1, 80),
+       minplus=st.booleans(), has_bias=st.booleans(), spoiled_x=st.booleans(),
+       spoiled_w=st.booleans(), seed=st.integers(0, 2**31))
+def test_maxplus_random_shapes_are_bitwise_the_reference(ops, batch, inner, out, minplus, has_bias,
+                                                         spoiled_x, spoiled_w, seed):
+    # Whole and partial panels, inputs past and short of the packing's 8 x 8 blocks, NaN / +inf in
+    # x (those rows take the exact path) or in w (then every row does).
+    gen = torch.Generator().manual_seed(seed)
+    x, w = grid((batch, inner), torch.float32, gen), grid((out, inner), torch.float32, gen)
+    x, w = spoil(x, gen) if spoiled_x else x, spoil(w, gen) if spoiled_w else w
+    b = grid((out,), torch.float32, gen) if has_bias else None
+    y, arg = ops.maxplus(x, w, b, minplus, True)
+    y_ref, arg_ref = R.maxplus_reference(x, w, b, minplus, True)
+    assert_bitwise(y, y_ref)
+    assert_bitwise(arg, arg_ref)
+    assert_bitwise(ops.maxplus(x, w, b, minplus, False)[0], y_ref)
+
+
+@pytest.mark.parametrize("minplus", [False, True])
+def test_maxplus_bias_wins_a_tie_of_signed_zeros(ops, minplus):
+    # Every term is -0 (max-plus: -0 + -0) and the bias +0, or the mirror for min-plus: the bias
+    # wins the tie, which only the sign of the zero shows; 40 outputs = a whole panel and a part.
+    zero = 0.0 if minplus else -0.0
+    x, w, b = torch.full((7, 9), zero), torch.full((40, 9), zero), torch.full((40,), -zero)
+    y, arg = ops.maxplus(x, w, b, minplus, True)
+    y_ref, arg_ref = R.maxplus_reference(x, w, b, minplus, True)
+    assert_bitwise(y, y_ref)
+    assert_bitwise(arg, arg_ref)
+    assert bool((y.signbit() == minplus).all()) and bool((arg == -1).all())
+    assert_bitwise(ops.maxplus(x, w, b, minplus, False)[0], y_ref)
 
 
 def test_maxplus_takes_leading_dims_and_nan_weights(ops):

@@ -60,25 +60,115 @@ inline T signed_(T v, bool neg) {
   return neg ? -v : v;
 }
 
+#if defined(__AVX2__)
+// 8 x 8 float transpose in registers: r[j] lane i <-> r[i] lane j.
+inline void transpose8x8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int j = 0; j < 8; j += 2) {
+    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  }
+  for (int j = 0; j < 8; j += 4) {
+    u[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+    r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+  }
+}
+#endif
+
+// Whether some lane of the comparison mask m is set.
+template <typename M>
+inline bool any_lane(M m) {
+  for (int l = 0; l < int(sizeof(M) / sizeof(m[0])); ++l)
+    if (m[l]) return true;
+  return false;
+}
+
+// dst[i] = +-src[i] for i < n; returns false if some of them spoils a max (NaN or +inf). Vectors
+// of L, the check accumulated as a lane mask (the loop has no branch).
+template <typename T>
+bool copy_signed(const T* __restrict src, int64_t n, bool neg, T* __restrict dst) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L;
+  const V inf = splat<V>(kInf<T>);
+  M bad = splat<M>(0);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    V v = loadu<V>(src + i);
+    if (neg) v = -v;
+    bad |= (v != v) | (v == inf);
+    storeu(dst + i, v);
+  }
+  bool clean = !any_lane(bad);
+  for (; i < n; ++i) {
+    dst[i] = signed_(src[i], neg);
+    clean &= !spoils_max(dst[i]);
+  }
+  return clean;
+}
+
 // Pack panels [p0, p1) of c = +-w as (panel, K, NR), outputs past M set to -inf. Returns false if
-// some c is NaN or +inf (then every row takes the exact path).
+// some c is NaN or +inf (then every row takes the exact path). Float with AVX2: 8 outputs x 8
+// inputs at a time through a register transpose; otherwise in blocks of KC inputs, so that the
+// panel's lines being written stay in L1 while the NR source rows are read.
 template <typename T>
 bool dense_pack(const DenseArgs<T>& a, T* packed, int64_t p0, int64_t p1) {
   constexpr int NR = DenseTiling<T>::NR;
+  constexpr int64_t KC = 64;
+  const int64_t K = a.K;
   bool clean = true;
   for (int64_t p = p0; p < p1; ++p) {
-    T* dst = packed + p * a.K * NR;
-    for (int l = 0; l < NR; ++l) {
-      const int64_t o = p * NR + l;
-      if (o < a.M) {
-        const T* src = a.w + o * a.K;
-        for (int64_t k = 0; k < a.K; ++k) {
-          const T c = signed_(src[k], a.minplus);
-          clean &= !spoils_max(c);
-          dst[k * NR + l] = c;
+    T* dst = packed + p * K * NR;
+    const int full = int(std::clamp<int64_t>(a.M - p * NR, 0, NR));
+    int l0 = 0;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256 sign = _mm256_set1_ps(a.minplus ? -0.0f : 0.0f), inf = _mm256_set1_ps(kInf<float>);
+      __m256 bad = _mm256_setzero_ps();
+      for (; l0 + 8 <= full; l0 += 8) {
+        const float* src = a.w + (p * NR + l0) * K;
+        int64_t k = 0;
+        for (; k + 8 <= K; k += 8) {
+          __m256 r[8];
+          for (int j = 0; j < 8; ++j) {
+            r[j] = _mm256_xor_ps(_mm256_loadu_ps(src + j * K + k), sign);
+            bad = _mm256_or_ps(bad, _mm256_or_ps(_mm256_cmp_ps(r[j], r[j], _CMP_UNORD_Q),
+                                                 _mm256_cmp_ps(r[j], inf, _CMP_EQ_OQ)));
+          }
+          transpose8x8(r);
+          for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k + j) * NR + l0, r[j]);
         }
-      } else {
-        for (int64_t k = 0; k < a.K; ++k) dst[k * NR + l] = -kInf<T>;
+        for (; k < K; ++k)
+          for (int j = 0; j < 8; ++j) {
+            const float c = signed_(src[j * K + k], a.minplus);
+            clean &= !spoils_max(c);
+            dst[k * NR + l0 + j] = c;
+          }
+      }
+      clean &= _mm256_movemask_ps(bad) == 0;
+    }
+#endif
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t k1 = std::min(K, k0 + KC);
+      for (int l = l0; l < NR; ++l) {
+        const int64_t o = p * NR + l;
+        if (o < a.M) {
+          const T* src = a.w + o * K;
+          for (int64_t k = k0; k < k1; ++k) {
+            const T c = signed_(src[k], a.minplus);
+            clean &= !spoils_max(c);
+            dst[k * NR + l] = c;
+          }
+        } else {
+          for (int64_t k = k0; k < k1; ++k) dst[k * NR + l] = -kInf<T>;
+        }
       }
     }
   }
@@ -194,8 +284,8 @@ inline void dense_exact(const DenseArgs<T>& a, int64_t row, int64_t o) {
   dense_finish(a, row, o, best, arg);
 }
 
-// The first k < n with x[k] + c[k * NR] == m (c: the packed panel the tile read, hot in cache),
-// or n if none: the tile's additions again (x + c, no contraction), so the maximum is found
+// The first k < n with x[k] + c[k * NR] == m, or n if none (c: the packed panel the tile read,
+// hot in cache): the tile's additions again (x + c, no contraction), so the maximum is found
 // exactly. A whole block of 8 floats: one gather and one vector compare.
 template <typename T>
 inline int64_t first_reaching(const T* x, const T* c, int64_t n, T m) {
@@ -215,34 +305,65 @@ inline int64_t first_reaching(const T* x, const T* c, int64_t n, T m) {
   return n;
 }
 
+// The argmax of lane l of a panel from the tile's winning block: its first input reaching m.
+template <typename T>
+inline int32_t dense_arg(const DenseArgs<T>& a, const T* xr, const T* panel, int l, int32_t block,
+                         T m) {
+  constexpr int KB = DenseTiling<T>::KB, NR = DenseTiling<T>::NR;
+  const int64_t k0 = int64_t(block) * KB, n = std::min<int64_t>(a.K - k0, KB);
+  const int64_t first = first_reaching(xr + k0, panel + k0 * NR + l, n, m);
+  return int32_t(k0 + (first < n ? first : 0));
+}
+
+// A whole panel of one row (NR outputs from o0): the bias, the sign and the stores in vectors;
+// the argmax scan only for the outputs the bias did not win.
+template <typename T>
+inline void dense_finish_panel(const DenseArgs<T>& a, int64_t row, int64_t o0, const T* xr,
+                               const T* panel, const T* best, const int32_t* block) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::M;
+  constexpr int L = S::L, NV = DenseTiling<T>::NV;
+  for (int v = 0; v < NV; ++v) {
+    const int64_t o = o0 + v * L;
+    V m = loadu<V>(best + v * L);
+    M win = splat<M>(0);
+    if (a.bias != nullptr) {
+      V e = loadu<V>(a.bias + o);
+      if (a.minplus) e = -e;
+      win = e >= m;  // the bias wins ties, never when NaN
+      m = win ? e : m;
+    }
+    storeu(a.y + row * a.M + o, a.minplus ? -m : m);
+    if (a.arg != nullptr) {
+      // Lane by lane from memory (best, bias), not from the vectors just computed: reading a
+      // lane of a vector spilled a moment before stalls on store forwarding.
+      int32_t* ar = a.arg + row * a.M + o;
+      for (int l = 0; l < L; ++l) {
+        const T t = best[v * L + l];
+        ar[l] = a.bias != nullptr && signed_(a.bias[o + l], a.minplus) >= t
+                    ? -1 : dense_arg(a, xr, panel, v * L + l, block[v * L + l], t);
+      }
+    }
+  }
+}
+
 // Rows [r0, r1) against panels [p0, p1) of the packed weights.
 template <typename T>
 void dense_forward(const DenseArgs<T>& a, const T* packed, bool weights_clean, int64_t r0,
                    int64_t r1, int64_t p0, int64_t p1) {
-  constexpr int MR = DenseTiling<T>::MR, NR = DenseTiling<T>::NR, KB = DenseTiling<T>::KB;
+  constexpr int MR = DenseTiling<T>::MR, NR = DenseTiling<T>::NR;
   const int64_t K = a.K;
   // +-x of the clean rows, contiguous: the worker thread's buffer, kept between calls (a fresh one
   // of 48 rows x K = 1024 floats would come from mmap and page-fault on every task).
   thread_local std::vector<T> rows;
-  rows.clear();
+  if (rows.size() < size_t((r1 - r0) * K)) rows.resize((r1 - r0) * K);
   std::vector<int64_t> clean, spoiled;
-  rows.reserve((r1 - r0) * K);
   for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = a.x + r * K;
-    bool ok = weights_clean;
-    const size_t at = rows.size();
-    rows.resize(at + K);
-    for (int64_t k = 0; k < K; ++k) {
-      const T v = signed_(xr[k], a.minplus);
-      ok &= !spoils_max(v);
-      rows[at + k] = v;
-    }
-    if (ok) {
+    if (copy_signed(a.x + r * K, K, a.minplus, rows.data() + clean.size() * K) && weights_clean)
       clean.push_back(r);
-    } else {
-      rows.resize(at);
+    else
       spoiled.push_back(r);
-    }
   }
   const bool want_arg = a.arg != nullptr;
   T best[MR * NR];
@@ -259,16 +380,14 @@ void dense_forward(const DenseArgs<T>& a, const T* packed, bool weights_clean, i
         dense_tile_rows<T, false>(rt, tile_rows, K, panel, best, block);
       for (int r = 0; r < rt; ++r) {
         const T* xr = tile_rows + r * K;
+        if (lanes == NR) {
+          dense_finish_panel(a, clean[t + r], p * NR, xr, panel, best + r * NR, block + r * NR);
+          continue;
+        }
         for (int l = 0; l < lanes; ++l) {
-          const int64_t o = p * NR + l;
           const T m = best[r * NR + l];
-          int32_t arg = 0;
-          if (want_arg) {  // the first input of the winning block that reaches the maximum
-            const int64_t k0 = int64_t(block[r * NR + l]) * KB, n = std::min<int64_t>(K - k0, KB);
-            const int64_t first = first_reaching(xr + k0, panel + k0 * NR + l, n, m);
-            arg = int32_t(k0 + (first < n ? first : 0));
-          }
-          dense_finish(a, clean[t + r], o, m, arg);
+          const int32_t arg = want_arg ? dense_arg(a, xr, panel, l, block[r * NR + l], m) : 0;
+          dense_finish(a, clean[t + r], p * NR + l, m, arg);
         }
       }
     }
@@ -398,25 +517,6 @@ bool sparse_fast_row(const SparseArgs<T>& a, const int32_t* __restrict idx,
 }
 
 #if defined(__AVX2__)
-// 8 x 8 float transpose in registers: r[j] lane i <-> r[i] lane j.
-inline void transpose8x8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int j = 0; j < 8; j += 2) {
-    t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-    t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-  }
-  for (int j = 0; j < 8; j += 4) {
-    u[j] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int j = 0; j < 4; ++j) {
-    r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
-    r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
-  }
-}
-
 // A (rows x cols) block of a row-major matrix (leading dimension ld) into (cols x 8) with rows
 // as the fast dimension: dst[c * 8 + r] = src[r * ld + c], for 8 rows; cols a multiple of 8 in
 // whole tiles, the rest one by one.
