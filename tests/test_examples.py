@@ -29,3 +29,35 @@ def test_bimonn_mnist_bce_is_the_cross_entropy_of_the_thresholded_output():
     direct = F.binary_cross_entropy(torch.tanh(u) / 2 + 0.5, F.one_hot(y, 10).double())
     torch.testing.assert_close(data_loss(u, y, "bce"), direct)
     torch.testing.assert_close(data_loss(u, y, "ce"), F.cross_entropy(u, y))
+
+
+def test_bimonn_mnist_keeps_the_best_validation_epoch_and_stops_early():
+    """``train`` with a validation split: the weights of the epoch with the lowest binarized
+    validation error come back, and training stops ``--early-stop`` epochs after the best."""
+    import argparse
+    import importlib.util
+
+    import torch
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / "bimonn_mnist.py"
+    spec = importlib.util.spec_from_file_location("bimonn_mnist_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # (runpy would hand back a copy of the globals)
+    errors, states = iter([5.0, 3.0, 4.0, 4.5, 6.0, 7.0]), []
+
+    def scripted(model, x, y):  # stands for the binarized validation error of each epoch
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(errors)
+
+    module.validate = scripted  # train() looks it up in the module's globals
+    torch.manual_seed(0)
+    x, y = (torch.rand(64, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (64,))
+    model = module.BiMoNN(8, "positive", input_mean=0.5, scale_init=0.0, bias_noise=0.01)
+    args = argparse.Namespace(epochs=6, batch=16, reg_start=0.0, lr=0.01, seed=0, loss="bce",
+                              plateau=0, early_stop=2, max_steps=None)
+    log = module.train(model, x, y, "unif", args, val=(x[:8], y[:8]))
+    assert log["best_epoch"] == 2 and log["best_val_error"] == 3.0
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4]  # 2 epochs past the best
+    final = model.state_dict()
+    assert all(torch.equal(final[k], states[1][k]) for k in final)
+    assert not all(torch.equal(final[k], states[3][k]) for k in final)
