@@ -653,41 +653,22 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
   }
   // Not cleared between calls: the kernels write every word they read. Aligned to a cache line:
   // the planes start on whole vectors (SliceGeometry::Ps).
-  const uint64_t* xp = x.const_data_ptr<uint64_t>();
-  uint64_t* op_ = out.mutable_data_ptr<uint64_t>();
-  const int64_t Ow = ceil_div(O, 64), blocks = ceil_div(s.Lq, tropfx::kSliceBlock);
-  const int64_t threads = at::get_num_threads();
-  if (s.N % threads == 0 || s.N >= 4 * threads) {
-    // Whole images per task (enough of them to share evenly): a thread's planes and counts
-    // (one image's, ~110 + 30 KiB at 64 -> 64 channels, 56 x 56) stay in its own cache from one
-    // step to the next, and from one image to the next; the steps below instead pass every
-    // image's planes through memory between two parallel regions.
-    tropfx::SliceGeometry one = s;
-    one.N = 1;
-    at::parallel_for(0, s.N, 1, [&](int64_t n0, int64_t n1) {
-      const Scratch planes_store(0, s.image), sliced_store(1, Ow * 64 * s.Lq);
-      for (int64_t n = n0; n < n1; ++n) {
-        tropfx::slice_planes(xp + n * g.H * g.W * g.Cw, planes_store.get(), one, 0, g.Cw);
-        tropfx::slice_conv_blocks(planes_store.get(), taps, quads, quad_at.data(), shift.data(),
-                                  negative.get(), int(P), tp, O, one, sliced_store.get(), 0, blocks);
-        tropfx::slice_unpack_rows(sliced_store.get(), op_ + n * s.Ho * g.Wo * Ow, one, Ow, 0, s.Ho);
-      }
-    });
-    return true;
-  }
   const Scratch planes_store(0, s.N * s.image);
   uint64_t* planes = planes_store.get();
+  const uint64_t* xp = x.const_data_ptr<uint64_t>();
   at::parallel_for(0, s.N * g.Cw, 1, [&](int64_t t0, int64_t t1) {
     tropfx::slice_planes(xp, planes, s, t0, t1);
   });
-  const Scratch sliced_store(1, s.N * Ow * 64 * s.Lq);
+  const Scratch sliced_store(1, s.N * ceil_div(O, 64) * 64 * s.Lq);
   uint64_t* sliced = sliced_store.get();
+  const int64_t blocks = ceil_div(s.Lq, tropfx::kSliceBlock);
   at::parallel_for(0, s.N * blocks, 1, [&](int64_t t0, int64_t t1) {
     tropfx::slice_conv_blocks(planes, taps, quads, quad_at.data(), shift.data(),
                               negative.get(), int(P), tp, O, s, sliced, t0, t1);
   });
+  uint64_t* op_ = out.mutable_data_ptr<uint64_t>();
   at::parallel_for(0, s.N * s.Ho, 4, [&](int64_t t0, int64_t t1) {
-    tropfx::slice_unpack_rows(sliced, op_, s, Ow, t0, t1);
+    tropfx::slice_unpack_rows(sliced, op_, s, ceil_div(O, 64), t0, t1);
   });
   return true;
 }
