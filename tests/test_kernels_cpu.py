@@ -513,6 +513,53 @@ def test_bool_conv2d_scratch_past_the_kept_size_and_reused(ops):
                        R.bool_conv2d_reference(x, pos, neg, threshold, *args))
 
 
+def test_bool_conv2d_kept_preprocessing_follows_every_change(ops):
+    """The sliced path keeps its weight preprocessing for weights it has seen. A later call with
+    the same weight tensors written in place, other thresholds, or another input size (other tap
+    offsets) must not reuse what no longer applies; the first weights, seen again, must."""
+    gen = torch.Generator().manual_seed(6)
+    args = ((1, 1), (1, 1), (1, 1))
+    weight = (torch.rand(16, 64, 3, 3, generator=gen) < 0.5).long()
+    pos, neg = K.pack_conv_weight(weight)
+    first = pos.clone()
+    threshold = weight.sum((1, 2, 3)) // 2
+    x = ops.pack_bits(torch.rand(2, 64, 6, 56, generator=gen) < 0.5)
+
+    def check(x, threshold):
+        assert_bitwise(ops.bool_conv2d(x, pos, neg, threshold, *args),
+                       R.bool_conv2d_reference(x, pos, neg, threshold, *args))
+
+    check(x, threshold)
+    check(x, threshold)  # the kept preprocessing
+    new_weight = (torch.rand(16, 64, 3, 3, generator=gen) < 0.5).long()
+    pos.copy_(K.pack_conv_weight(new_weight)[0])  # in place: same tensor, same version-free data
+    check(x, threshold)
+    check(x, threshold + 3)
+    check(x, torch.ones_like(threshold))  # early-exit thresholds: no quads
+    check(x, threshold)
+    far = threshold.clone()
+    far[::2] = 10**6  # constant outputs, past any count's width: never in a quad
+    check(x, far)
+    check(ops.pack_bits(torch.rand(1, 64, 11, 60, generator=gen) < 0.5), threshold)
+    pos.copy_(first)
+    check(x, threshold)
+
+
+def test_bool_conv2d_kept_preprocessing_evicts_and_stays_exact(ops):
+    """More layers than the kept preprocessing holds (64), cycled twice: every call exact."""
+    gen = torch.Generator().manual_seed(7)
+    args = ((1, 1), (1, 1), (1, 1))
+    x = ops.pack_bits(torch.rand(1, 8, 3, 48, generator=gen) < 0.5)
+    layers = []
+    for _ in range(70):
+        weight = (torch.rand(4, 8, 3, 3, generator=gen) < 0.5).long()
+        layers.append((*K.pack_conv_weight(weight), weight.sum((1, 2, 3)) // 2))
+    for _ in range(2):
+        for pos, neg, threshold in layers:
+            assert_bitwise(ops.bool_conv2d(x, pos, neg, threshold, *args),
+                           R.bool_conv2d_reference(x, pos, neg, threshold, *args))
+
+
 def test_binary_weights_are_one_bit_each():
     weight = torch.randint(0, 2, (64, 64, 3, 3))
     pos, neg = K.pack_conv_weight(weight)

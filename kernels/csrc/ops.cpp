@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -589,6 +590,58 @@ void single_taps(const WeightWords& word, const tropfx::SliceGeometry& s, int64_
   }
 }
 
+// The sliced path's weight preprocessing, kept for the layers seen last: in inference a layer's
+// weights do not change between calls. The key holds the weight planes' and thresholds'
+// words and the geometry the tap offsets depend on, compared in full, so that a hit is exact
+// (tensor version counters would miss writes through .data).
+struct SlicePrep {
+  std::vector<uint64_t> key;
+  std::vector<tropfx::SliceTaps> taps;
+  std::vector<tropfx::SliceQuad> quads;
+  std::vector<int> quad_at;
+};
+
+// Least recently used first out, past 64 entries or 64 MiB.
+class SlicePrepCache {
+ public:
+  static constexpr size_t kEntries = 64, kBytes = size_t(64) << 20;
+  std::shared_ptr<const SlicePrep> find(const std::vector<uint64_t>& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < entries_.size(); ++i)
+      if (entries_[i]->key == key) {
+        std::rotate(entries_.begin(), entries_.begin() + i, entries_.begin() + i + 1);  // to front
+        return entries_.front();
+      }
+    return nullptr;
+  }
+  void add(std::shared_ptr<const SlicePrep> prep) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    bytes_ += size(*prep);
+    entries_.insert(entries_.begin(), std::move(prep));
+    while (entries_.size() > 1 && (entries_.size() > kEntries || bytes_ > kBytes)) {
+      bytes_ -= size(*entries_.back());
+      entries_.pop_back();
+    }
+  }
+
+ private:
+  static size_t size(const SlicePrep& p) {
+    size_t n = p.key.size() * 8 + p.quad_at.size() * 4;
+    for (const tropfx::SliceTaps& t : p.taps)
+      n += t.offsets.size() * 4 + (t.begin.size() + t.real.size()) * 8;
+    for (const tropfx::SliceQuad& q : p.quads) n += sizeof(q) + q.offsets.size() * 4;
+    return n;
+  }
+  std::mutex mutex_;
+  std::vector<std::shared_ptr<const SlicePrep>> entries_;
+  size_t bytes_ = 0;
+};
+
+SlicePrepCache& slice_prep_cache() {
+  static SlicePrepCache cache;
+  return cache;
+}
+
 // The bit-sliced path (stride 1; see boolean.h, SliceGeometry): false if it does not apply.
 bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, const Tensor& threshold,
                         const tropfx::BitGeometry& g, Tensor& out) {
@@ -615,36 +668,54 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
             C = std::max<int64_t>(C, w * 64 + 64 - __builtin_clzll(v));
   const tropfx::SliceGeometry s = tropfx::slice_geometry(g, C);
   if (s.image >= (int64_t(1) << 31)) return false;  // tap offsets are int32
-  // The weights' preprocessing is a few percent of the call at 64 -> 64 channels, but still worth
-  // spreading over the threads (measured: running it in the calling thread was ~6 % slower on 2).
-  // Each plane's number of taps first (quads are chosen by them), the tap offsets after.
-  std::vector<tropfx::SliceTaps> taps(O);
-  at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o)
-      for (int64_t p = 0; p < P; ++p) {
-        int64_t n = 0;
-        for (int64_t q = 0; q < kh * kw; ++q)
-          for (int64_t w = 0; w < Cw; ++w) n += __builtin_popcountll(word(o, q / kw, q % kw, p, w));
-        taps[o].real.push_back(n);
-      }
-  });
-  // Channels counted four at a time where that reads fewer taps (single-plane weights only).
+  // The weights' preprocessing (a tenth of the call at 64 -> 64 channels, 56 x 56, N = 8; most of
+  // it at N = 1), or the same weights' from a recent call.
   const int64_t* tp = threshold.const_data_ptr<int64_t>();
-  std::vector<tropfx::SliceQuad> candidates(P == 1 ? O / 4 : 0);
-  at::parallel_for(0, int64_t(candidates.size()), 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) candidates[i] = choose_quad(word, taps, tp, s, i * 4);
-  });
-  std::vector<tropfx::SliceQuad> quads;
-  std::vector<int> quad_at(O, -1);
-  for (tropfx::SliceQuad& quad : candidates)
-    if (quad.width > 0) {
-      quad_at[quad.o0] = int(quads.size());
-      quads.push_back(std::move(quad));
-    }
-  at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o)
-      if (quad_at[o / 4 * 4] < 0) single_taps(word, s, o, taps[o]);  // else counted by its quad
-  });
+  std::vector<uint64_t> key{uint64_t(O), uint64_t(kh), uint64_t(kw), uint64_t(Pp), uint64_t(Pn),
+                            uint64_t(Cw), uint64_t(s.dh), uint64_t(s.Ps), uint64_t(s.Wow),
+                            uint64_t(s.lanes), uint64_t(s.zero)};
+  key.insert(key.end(), word.pos, word.pos + O * kh * kw * Pp * Cw);
+  key.insert(key.end(), word.neg, word.neg + O * kh * kw * Pn * Cw);
+  const uint64_t* tw = reinterpret_cast<const uint64_t*>(tp);  // the thresholds' int64 words
+  key.insert(key.end(), tw, tw + O);
+  std::shared_ptr<const SlicePrep> prep = slice_prep_cache().find(key);
+  if (prep == nullptr) {
+    auto fresh = std::make_shared<SlicePrep>();
+    fresh->key = std::move(key);
+    // Spread over the threads (measured: running it in the calling thread was ~6 % slower on 2).
+    // Each plane's number of taps first (quads are chosen by them), the tap offsets after.
+    std::vector<tropfx::SliceTaps>& taps = fresh->taps;
+    taps.resize(O);
+    at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o)
+        for (int64_t p = 0; p < P; ++p) {
+          int64_t n = 0;
+          for (int64_t q = 0; q < kh * kw; ++q)
+            for (int64_t w = 0; w < Cw; ++w) n += __builtin_popcountll(word(o, q / kw, q % kw, p, w));
+          taps[o].real.push_back(n);
+        }
+    });
+    // Channels counted four at a time where that reads fewer taps (single-plane weights only).
+    std::vector<tropfx::SliceQuad> candidates(P == 1 ? O / 4 : 0);
+    at::parallel_for(0, int64_t(candidates.size()), 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) candidates[i] = choose_quad(word, taps, tp, s, i * 4);
+    });
+    fresh->quad_at.assign(O, -1);
+    for (tropfx::SliceQuad& quad : candidates)
+      if (quad.width > 0) {
+        fresh->quad_at[quad.o0] = int(fresh->quads.size());
+        fresh->quads.push_back(std::move(quad));
+      }
+    at::parallel_for(0, O, 8, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o)
+        if (fresh->quad_at[o / 4 * 4] < 0) single_taps(word, s, o, taps[o]);  // else in its quad
+    });
+    slice_prep_cache().add(fresh);
+    prep = std::move(fresh);
+  }
+  const std::vector<tropfx::SliceTaps>& taps = prep->taps;
+  const std::vector<tropfx::SliceQuad>& quads = prep->quads;
+  const std::vector<int>& quad_at = prep->quad_at;
   std::vector<int> shift(P);
   std::unique_ptr<bool[]> negative(new bool[P]);
   for (int64_t p = 0; p < P; ++p) {
