@@ -134,9 +134,9 @@ def data_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
 def validate(model: BiMoNN, x: torch.Tensor, y: torch.Tensor) -> float:
     """The binarized validation error (constant projection, last layer float: the paper's setting)."""
     model.eval()
-    cm = tropfx.compile(model, passes=[tp.binarize_bise("constant", "float")], example_inputs=(x[:256],))
+    result = binarize(model, x, y, "constant", "float", agreement_inputs=256)
     model.train()
-    return error(predict_compiled(cm, x)[0], y)
+    return result["error"]
 
 
 def train(model: BiMoNN, x: torch.Tensor, y: torch.Tensor, kind: str, args: argparse.Namespace,

@@ -524,8 +524,6 @@ inline __attribute__((always_inline)) vbits fold8(const uint64_t* b, const int32
   return eights;
 }
 
-// Sixteen taps added to the running count: two 8-tap folds, their carries of weight 8 into the 8
-// plane, its carry of weight 16 rippled into the ``nh`` high planes.
 // A carry added into the ``nh`` planes hi[0 ..] (half adders, least significant first).
 inline __attribute__((always_inline)) void ripple(vbits carry, vbits* hi, int nh) {
   for (int k = 0; k < nh; ++k) {
@@ -535,6 +533,8 @@ inline __attribute__((always_inline)) void ripple(vbits carry, vbits* hi, int nh
   }
 }
 
+// Sixteen taps added to the running count: two 8-tap folds, their carries of weight 8 into the 8
+// plane, its carry of weight 16 rippled into the ``nh`` high planes.
 inline __attribute__((always_inline)) void add16(const uint64_t* b, const int32_t* o, vbits& ones,
                                                  vbits& twos, vbits& fours, vbits& eights,
                                                  vbits* hi, int nh) {
