@@ -37,6 +37,7 @@ __all__ = [
     "erosion2d",
     "maxplus",
     "minplus",
+    "output_cache",
     "pack_bits",
     "pack_conv_weight",
     "sparse_maxplus",
@@ -259,6 +260,33 @@ def binary_erosion2d(x: Tensor, se: Tensor, stride: IntOrPair = 1, padding: IntO
     if not _kernels(x):
         return R.binary_erosion2d_reference(x, se, *args)
     return torch.ops.tropfx.binary_erosion2d(x, se, *args)
+
+
+def output_cache(limit_bytes: int | None = None, *, clear: bool = False) -> dict[str, int]:
+    """The CPU operators' cache of large output buffers (``kernels/csrc/output_cache.h``).
+
+    torch's CPU allocator returns every block past 32 MiB to the system when its tensor dies, so
+    each new output of that size starts on fresh pages, which the system zeroes on first touch:
+    for a bandwidth-bound operator that costs more than the operator itself. The operators
+    therefore take their outputs of >= 1 MiB from a cache of recently freed blocks (the smallest
+    block that fits, if it is at most 1/8 larger than the request), as torch's CUDA caching
+    allocator does on the GPU.
+
+    ``limit_bytes`` sets how many idle bytes the cache may hold (default 512 MiB, or
+    ``$TROPFX_OUTPUT_CACHE_MIB``; 0 turns it off); blocks past the limit go back to the system,
+    oldest first. ``clear=True`` releases every idle block (as ``torch.cuda.empty_cache``).
+    Returns ``limit``, ``cached_bytes``, ``cached_blocks`` and the ``hits`` / ``misses`` of the
+    requests of >= 1 MiB so far. Without the compiled kernels there is no cache: all zeros.
+    """
+    if limit_bytes is not None and limit_bytes < 0:
+        raise InputError(f"output_cache: limit_bytes must be >= 0 (0 turns the cache off), got "
+                         f"{limit_bytes}")
+    if not _build.available():
+        return dict.fromkeys(("limit", "cached_bytes", "cached_blocks", "hits", "misses"), 0)
+    limit, cached, blocks, hits, misses = torch.ops.tropfx._output_cache(
+        -1 if limit_bytes is None else int(limit_bytes), clear)
+    return {"limit": limit, "cached_bytes": cached, "cached_blocks": blocks, "hits": hits,
+            "misses": misses}
 
 
 # The wrappers are opaque to torch.fx (one call_function node each, as the functions they replace)

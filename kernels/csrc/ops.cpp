@@ -26,6 +26,7 @@
 #include "boolean.h"
 #include "maxplus.h"
 #include "morphology.h"
+#include "output_cache.h"
 
 namespace {
 
@@ -108,8 +109,8 @@ std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
   const Tensor x = x_.contiguous(), w = weight_.contiguous();
   auto shape = x.sizes().vec();
   shape.back() = M;
-  Tensor y = at::empty(shape, x.options());
-  Tensor arg = at::empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
+  Tensor y = output_empty(shape, x.options());
+  Tensor arg = output_empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
   if (B == 0 || M == 0) return {y, arg};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tropfx::maxplus", [&] {
     using Tiling = tropfx::DenseTiling<scalar_t>;
@@ -156,9 +157,9 @@ std::tuple<Tensor, Tensor, Tensor> maxplus_backward_cpu(const Tensor& grad_, con
   const int64_t M = g.size(-1), B = g.numel() / std::max<int64_t>(M, 1);
   auto shape = g.sizes().vec();
   shape.back() = K;
-  Tensor gx = at::zeros(shape, g.options());
-  Tensor gw = at::zeros({M, K}, g.options());
-  Tensor gb = at::zeros({has_bias ? M : 0}, g.options());
+  Tensor gx = output_zeros(shape, g.options());
+  Tensor gw = output_zeros({M, K}, g.options());
+  Tensor gb = output_zeros({has_bias ? M : 0}, g.options());
   if (B == 0 || M == 0) return {gx, gw, gb};
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::maxplus_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
@@ -211,8 +212,8 @@ std::tuple<Tensor, Tensor> sparse_maxplus_cpu(const Tensor& x_, const Tensor& in
   }
   auto shape = x.sizes().vec();
   shape[dim] = out;
-  Tensor y = at::empty(shape, x.options());
-  Tensor arg = at::empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
+  Tensor y = output_empty(shape, x.options());
+  Tensor arg = output_empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < dim; ++d) outer *= x.size(d);
   for (int64_t d = dim + 1; d < x.dim(); ++d) inner *= x.size(d);
@@ -266,9 +267,9 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
               " outputs along dim ", dim, ", index ", out);
   auto shape = g.sizes().vec();
   shape[dim] = in;
-  Tensor gx = at::zeros(shape, g.options());
-  Tensor gv = at::zeros({out, k}, g.options());
-  Tensor gb = at::zeros({has_bias ? out : 0}, g.options());
+  Tensor gx = output_zeros(shape, g.options());
+  Tensor gv = output_zeros({out, k}, g.options());
+  Tensor gb = output_zeros({has_bias ? out : 0}, g.options());
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < dim; ++d) outer *= g.size(d);
   for (int64_t d = dim + 1; d < g.dim(); ++d) inner *= g.size(d);
@@ -331,8 +332,8 @@ std::tuple<Tensor, Tensor> morph_cpu(const char* op, const Tensor& x_, const Ten
   const int64_t O = full ? w_.size(0) : x_.size(1);
   const Tensor x = x_.contiguous(), w = w_.contiguous();
   const std::vector<int64_t> shape{x.size(0), O, Ho, Wo};
-  Tensor y = at::empty(shape, x.options());
-  Tensor arg = at::empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
+  Tensor y = output_empty(shape, x.options());
+  Tensor arg = output_empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
   if (y.numel() == 0) return {y, arg};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tropfx::morphology", [&] {
     auto a = morph_args<scalar_t>(x, w, k, O, Ho, Wo, full, erode);
@@ -396,8 +397,8 @@ std::tuple<Tensor, Tensor> morph_backward_cpu(const char* op, const Tensor& grad
   const Window k = window_of(op, weight_size[weight_size.size() - 2], weight_size.back(), stride,
                              padding, dilation);
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous();
-  Tensor gx = at::zeros(input_size, g.options());
-  Tensor gw = at::zeros(weight_size, g.options());
+  Tensor gx = output_zeros(input_size, g.options());
+  Tensor gw = output_zeros(weight_size, g.options());
   const int64_t O = g.size(1), Ho = g.size(2), Wo = g.size(3);
   TORCH_CHECK(O == (full ? weight_size[0] : input_size[1]) && g.size(0) == input_size[0], "tropfx::",
               op, ": grad ", g.sizes(), " does not fit input ", input_size, " and weight ", weight_size);
@@ -449,7 +450,7 @@ Tensor pack_bits_cpu(const Tensor& x_) {
   const bool half = x_.scalar_type() == at::kHalf || x_.scalar_type() == at::kBFloat16;
   const Tensor x = (half ? x_.to(at::kFloat) : x_).contiguous();  // nonzero is kept
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  Tensor out = at::empty({N, H, W, ceil_div(C, 64)}, x.options().dtype(at::kUInt64));
+  Tensor out = output_empty({N, H, W, ceil_div(C, 64)}, x.options().dtype(at::kUInt64));
   if (out.numel() == 0) return out;
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, x.scalar_type(), "tropfx::pack_bits", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -469,7 +470,7 @@ Tensor unpack_bits_cpu(const Tensor& packed_, int64_t C, std::optional<at::Scala
               Cw, " words per pixel");
   const at::ScalarType want = dtype.value_or(at::kFloat);
   const bool half = want == at::kHalf || want == at::kBFloat16;
-  Tensor out = at::empty({N, C, H, W}, packed.options().dtype(half ? at::kFloat : want));
+  Tensor out = output_empty({N, C, H, W}, packed.options().dtype(half ? at::kFloat : want));
   if (out.numel() == 0) return half ? out.to(want) : out;
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, out.scalar_type(), "tropfx::unpack_bits", [&] {
     const uint64_t* pp = packed.const_data_ptr<uint64_t>();
@@ -766,7 +767,7 @@ Tensor bool_conv2d_cpu(const Tensor& x_, const Tensor& pos_, const Tensor& neg_,
   const Tensor threshold = threshold_.to(at::kLong).contiguous();
   const auto g = bit_geometry(op, x, kh, kw, stride, padding, dilation);
   const int64_t Ow = ceil_div(O, 64);
-  Tensor out = at::empty({g.N, g.Ho, g.Wo, Ow}, x.options());
+  Tensor out = output_empty({g.N, g.Ho, g.Wo, Ow}, x.options());
   if (out.numel() == 0) return out;
   if (bool_conv2d_sliced(x, pos, neg, threshold, g, out)) return out;  // writes every word
   out.zero_();
@@ -808,7 +809,7 @@ Tensor bit_morph_cpu(const char* op, const Tensor& x_, const Tensor& se_, at::In
               " words per pixel");
   const Tensor x = x_.contiguous(), se = se_.contiguous();
   const auto g = bit_geometry(op, x, se.size(1), se.size(2), stride, padding, dilation);
-  Tensor out = at::empty({g.N, g.Ho, g.Wo, Cw}, x.options());
+  Tensor out = output_empty({g.N, g.Ho, g.Wo, Cw}, x.options());
   if (out.numel() == 0) return out;
   std::vector<uint64_t> masks(K * Cw, 0);
   const bool* sp = se.const_data_ptr<bool>();
@@ -832,6 +833,12 @@ Tensor binary_dilation2d_cpu(const Tensor& x, const Tensor& se, at::IntArrayRef 
 Tensor binary_erosion2d_cpu(const Tensor& x, const Tensor& se, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation) {
   return bit_morph_cpu("binary_erosion2d", x, se, stride, padding, dilation, true);
+}
+
+// The output cache's limit (bytes; negative: unchanged) and emptying; returns its stats.
+std::vector<int64_t> output_cache_op(int64_t limit, bool clear) {
+  const OutputCache::Stats s = OutputCache::get().configure(limit, clear);
+  return {s.limit, s.cached, s.blocks, s.hits, s.misses};
 }
 
 }  // namespace
@@ -873,6 +880,9 @@ TORCH_LIBRARY(tropfx, m) {
         " -> Tensor");
   m.def("binary_erosion2d(Tensor x, Tensor se, int[2] stride, int[2] padding, int[2] dilation)"
         " -> Tensor");
+  // The cache of large output buffers (output_cache.h): set its limit in bytes (-1: unchanged),
+  // empty it; returns [limit, cached bytes, cached blocks, hits, misses]. No tensors, one kernel.
+  m.def("_output_cache(int limit=-1, bool clear=False) -> int[]", &output_cache_op);
 }
 
 TORCH_LIBRARY_IMPL(tropfx, CPU, m) {
