@@ -263,20 +263,20 @@ def binary_erosion2d(x: Tensor, se: Tensor, stride: IntOrPair = 1, padding: IntO
 
 
 def output_cache(limit_bytes: int | None = None, *, clear: bool = False) -> dict[str, int]:
-    """The CPU operators' cache of large output buffers (``kernels/csrc/output_cache.h``).
+    """The CPU operators' cache of output buffers (``kernels/csrc/output_cache.h``).
 
-    torch's CPU allocator returns every block past 32 MiB to the system when its tensor dies, so
-    each new output of that size starts on fresh pages, which the system zeroes on first touch:
-    for a bandwidth-bound operator that costs more than the operator itself. The operators
-    therefore take their outputs of >= 1 MiB from a cache of recently freed blocks (the smallest
-    block that fits, if it is at most 1/8 larger than the request), as torch's CUDA caching
-    allocator does on the GPU.
+    torch's CPU allocator (glibc) gives large blocks back to the system when their tensors die,
+    so a new output of that size starts on fresh pages, which the system zeroes on first touch:
+    for a bandwidth-bound operator that costs more than the operator itself, and after other code
+    frees large tensors (a float conv2d, say) mid-size outputs pay it too. The operators therefore
+    take their outputs of >= 16 KiB from a cache of freed blocks (the smallest that fits, if it is
+    at most 1/8 larger than the request), as torch's CUDA caching allocator does on the GPU.
 
     ``limit_bytes`` sets how many idle bytes the cache may hold (default 512 MiB, or
     ``$TROPFX_OUTPUT_CACHE_MIB``; 0 turns it off); blocks past the limit go back to the system,
     oldest first. ``clear=True`` releases every idle block (as ``torch.cuda.empty_cache``).
     Returns ``limit``, ``cached_bytes``, ``cached_blocks`` and the ``hits`` / ``misses`` of the
-    requests of >= 1 MiB so far. Without the compiled kernels there is no cache: all zeros.
+    requests of >= 16 KiB so far. Without the compiled kernels there is no cache: all zeros.
     """
     if limit_bytes is not None and limit_bytes < 0:
         raise InputError(f"output_cache: limit_bytes must be >= 0 (0 turns the cache off), got "

@@ -1,5 +1,5 @@
-"""The CPU operators' cache of large output buffers (kernels/csrc/output_cache.h): a freed output
-of >= 1 MiB is handed to the next request that fits it, stale contents never show through, the
+"""The CPU operators' cache of output buffers (kernels/csrc/output_cache.h): a freed output of
+>= 16 KiB is handed to the next request that fits it, stale contents never show through, the
 limit and ``clear`` hold, and a cached tensor is an ordinary one (resizable, thread-safe)."""
 
 import os
@@ -67,7 +67,7 @@ def test_zero_filled_gradients_ignore_stale_blocks(ops):
 
 
 def test_small_outputs_bypass_the_cache(ops):
-    x, index, value = sparse_args(64, 256)  # 64 KiB outputs
+    x, index, value = sparse_args(8, 256)  # 8 KiB outputs
     before = K.output_cache()
     ops.sparse_maxplus(x, index, value, None, -1, False, True)  # freed at once
     after = K.output_cache()
@@ -151,3 +151,22 @@ def test_environment_sets_the_limit():
         pytest.skip("C++ kernels unavailable")
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) == 3 * MIB
+
+
+def test_mid_size_bit_outputs_reuse_stale_blocks_exactly(ops):
+    """bool_conv2d's packed output (here 32 KiB) comes from the cache and is written in full."""
+    gen = torch.Generator().manual_seed(3)
+    xb = torch.rand(2, 64, 32, 32, generator=gen) > 0.5
+    weight = torch.randint(0, 2, (64, 64, 3, 3), generator=gen)
+    threshold = weight.sum((1, 2, 3)) // 2
+    packed = ops.pack_bits(xb)
+    pos, neg = K.pack_conv_weight(weight)
+    args = (packed, pos, neg, threshold, (1, 1), (1, 1), (1, 1))
+    first = ops.bool_conv2d(*args)
+    assert first.nbytes >= 16 << 10
+    first.fill_(0x5555)  # stale bits in the block the next call gets
+    del first
+    hits = K.output_cache()["hits"]
+    again = ops.bool_conv2d(*args)
+    assert K.output_cache()["hits"] == hits + 1
+    assert torch.equal(again, R.bool_conv2d_reference(*args))

@@ -1,17 +1,19 @@
-// A cache of large CPU output buffers for the operators' results (the binding side: needs torch).
+// A cache of CPU output buffers for the operators' results (the binding side: needs torch).
 //
-// torch's CPU allocator hands a large block back to the operating system when its tensor dies
-// (glibc unmaps anything past 32 MiB), so the next output of the same size starts on fresh pages:
-// one page fault and the kernel zeroing each 4 KiB page before the operator writes it. For a
-// bandwidth-bound operator that is most of its time (sparse max-plus, B=4096, 4096 -> 4096: 18 ms
-// against 6.4 ms when the pages are already mapped; see benchmarks/RESULTS.md). This cache keeps
-// recently freed blocks of >= 1 MiB, up to a byte limit, and gives one back to a request that fits it
-// (at most 1/8 larger), as torch's CUDA caching allocator does on the GPU. Smaller blocks go to
-// torch's allocator, whose heap already reuses them.
+// torch's CPU allocator is glibc's malloc: a large block goes back to the operating system when its
+// tensor dies (unmapped, or trimmed off the heap), so the next output of that size starts on fresh
+// pages: a page fault and the kernel zeroing each 4 KiB page before the operator writes it. For a
+// bandwidth-bound operator that is most of its time (sparse max-plus, B=4096, 4096 -> 4096: 17.5 ms
+// against 7.1 ms on mapped pages), and mid-size outputs pay it too once other code frees large
+// tensors (the 200 KB output of bool_conv2d, 64 -> 64 channels at 56 x 56, N = 8: allocated and
+// written in 7 us back to back, 43 us right after a float conv2d of the same layer). This cache
+// keeps freed output blocks of >= 16 KiB, up to a byte limit, and hands a request the smallest idle
+// block that fits it if that is at most 1/8 larger, as torch's CUDA caching allocator does on the
+// GPU. Smaller outputs go to torch's allocator.
 //
 // The limit: $TROPFX_OUTPUT_CACHE_MIB (default 512; 0 turns the cache off), or set at run time
 // through the tropfx::_output_cache operator (tropfx.kernels.output_cache). Freed blocks past the
-// limit go back to the system, oldest first. A cached block stays mapped (resident) until it is
+// limit go back to the system, oldest first. An idle block stays mapped (resident) until it is
 // reused or evicted, which is the price: at most the limit of idle memory.
 #pragma once
 
@@ -23,15 +25,17 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <deque>
+#include <map>
 #include <mutex>
+#include <set>
+#include <utility>
 #include <vector>
 
 namespace tropfx::binding {
 
 class OutputCache final : public c10::Allocator {
  public:
-  static constexpr size_t kMinBytes = size_t(1) << 20;
+  static constexpr size_t kMinBytes = size_t(16) << 10;
 
   struct Stats {
     int64_t limit, cached, blocks, hits, misses;
@@ -51,20 +55,19 @@ class OutputCache final : public c10::Allocator {
     Block* block = nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (limit_ > 0) {
-        auto best = free_.end();  // best fit: the smallest block of size in [n, n + n / 8]
-        for (auto it = free_.begin(); it != free_.end(); ++it)
-          if ((*it)->size >= n && (*it)->size - n <= n / 8 &&
-              (best == free_.end() || (*it)->size < (*best)->size))
-            best = it;
-        if (best != free_.end()) {
-          block = *best;
-          free_.erase(best);
-          cached_ -= block->size;
-          ++hits_;
-        }
+      // Best fit: the smallest idle block of size in [n, n + n / 8], the most recently freed
+      // of that size (the likeliest still in cache).
+      const auto it = by_size_.lower_bound({n, 0});
+      if (it != by_size_.end() && it->first - n <= n / 8) {
+        const uint64_t seq = ~it->second;
+        block = by_age_.at(seq);
+        by_size_.erase(it);
+        by_age_.erase(seq);
+        cached_ -= block->size;
+        ++hits_;
+      } else {
+        ++misses_;
       }
-      if (block == nullptr) ++misses_;
     }
     if (block == nullptr) block = new Block{c10::alloc_cpu(n), n};
     return {block->ptr, block, &release, c10::Device(c10::DeviceType::CPU)};
@@ -74,21 +77,16 @@ class OutputCache final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
-  // Sets the limit (bytes; negative: unchanged), evicting what no longer fits. Returns the stats.
+  // Sets the limit (bytes; negative: unchanged) and evicts what no longer fits, or everything
+  // (clear). Returns the stats.
   Stats configure(int64_t limit, bool clear) {
     std::vector<Block*> evicted;
     Stats stats;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (limit >= 0) limit_ = size_t(limit);
-      if (clear) {
-        evicted.assign(free_.begin(), free_.end());
-        free_.clear();
-        cached_ = 0;
-      } else {
-        evict_to(limit_, evicted);
-      }
-      stats = {int64_t(limit_), int64_t(cached_), int64_t(free_.size()), hits_, misses_};
+      evict_to(clear ? 0 : limit_, evicted);
+      stats = {int64_t(limit_), int64_t(cached_), int64_t(by_age_.size()), hits_, misses_};
     }
     destroy(evicted);
     return stats;
@@ -113,7 +111,9 @@ class OutputCache final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       if (block->size <= limit_) {
         evict_to(limit_ - block->size, evicted);
-        free_.push_back(block);
+        const uint64_t seq = next_seq_++;
+        by_age_.emplace(seq, block);
+        by_size_.emplace(block->size, ~seq);  // ~seq: the newest first among equal sizes
         cached_ += block->size;
         block = nullptr;
       }
@@ -122,12 +122,15 @@ class OutputCache final : public c10::Allocator {
     destroy(evicted);
   }
 
-  // Oldest first, until at most ``keep`` bytes are cached (under the lock).
+  // Oldest first, until at most ``keep`` bytes are idle (under the lock).
   void evict_to(size_t keep, std::vector<Block*>& evicted) {
     while (cached_ > keep) {
-      evicted.push_back(free_.front());
-      cached_ -= free_.front()->size;
-      free_.pop_front();
+      const auto oldest = by_age_.begin();
+      Block* block = oldest->second;
+      by_size_.erase({block->size, ~oldest->first});
+      by_age_.erase(oldest);
+      cached_ -= block->size;
+      evicted.push_back(block);
     }
   }
 
@@ -139,7 +142,9 @@ class OutputCache final : public c10::Allocator {
   }
 
   std::mutex mutex_;
-  std::deque<Block*> free_;  // oldest first
+  std::map<uint64_t, Block*> by_age_;               // idle blocks by the order they were freed
+  std::set<std::pair<size_t, uint64_t>> by_size_;  // (size, ~order)
+  uint64_t next_seq_ = 0;
   size_t limit_ = size_t(512) << 20;
   size_t cached_ = 0;
   int64_t hits_ = 0, misses_ = 0;
