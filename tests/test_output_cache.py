@@ -170,3 +170,35 @@ def test_mid_size_bit_outputs_reuse_stale_blocks_exactly(ops):
     again = ops.bool_conv2d(*args)
     assert K.output_cache()["hits"] == hits + 1
     assert torch.equal(again, R.bool_conv2d_reference(*args))
+
+
+def _child_equal(_):
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's thread pool does not survive a fork
+    x, index, value = sparse_args(512, 1024)
+    y = torch.ops.tropfx.sparse_maxplus(x, index, value, None, -1, False, False)[0]
+    return torch.equal(y, R.sparse_maxplus_reference(x, index, value, None, -1, False, False)[0])
+
+
+def test_forked_children_use_the_cache_while_the_parent_allocates(ops):
+    """Forked children (DataLoader workers) use the cache they inherit, forked while another thread
+    allocates and frees outputs. (A fork at the moment that thread holds the cache's lock, which
+    the pthread_atfork handlers are for, is too rare to provoke here.)"""
+    import multiprocessing
+
+    x, index, value = sparse_args(512, 1024)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            ops.sparse_maxplus(x, index, value, None, -1, False, False)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:
+            equal = pool.map_async(_child_equal, range(8)).get(timeout=120)
+    finally:
+        stop.set()
+        worker.join()
+    assert equal == [True] * 8

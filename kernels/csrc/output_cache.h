@@ -31,6 +31,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
+
 namespace tropfx::binding {
 
 class OutputCache final : public c10::Allocator {
@@ -48,6 +52,12 @@ class OutputCache final : public c10::Allocator {
       const long long mib = std::strtoll(env, &end, 10);
       if (end != env && *end == '\0' && mib >= 0) limit_ = size_t(mib) << 20;
     }
+#if defined(__unix__) || defined(__APPLE__)
+    // A fork (DataLoader workers) while another thread holds the lock would leave the child's
+    // copy locked forever: the forking thread takes it, and both processes release it.
+    pthread_atfork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); },
+                   [] { get().mutex_.unlock(); });
+#endif
   }
 
   c10::DataPtr allocate(size_t n) override {
