@@ -880,8 +880,12 @@ TORCH_LIBRARY(tropfx, m) {
         " -> Tensor");
   m.def("binary_erosion2d(Tensor x, Tensor se, int[2] stride, int[2] padding, int[2] dilation)"
         " -> Tensor");
-  // The cache of large output buffers (output_cache.h): set its limit in bytes (-1: unchanged),
-  // empty it; returns [limit, cached bytes, cached blocks, hits, misses]. No tensors, one kernel.
+}
+
+// The cache of output buffers (output_cache.h): set its limit in bytes (-1: unchanged), empty it;
+// returns [limit, cached bytes, cached blocks, hits, misses]. No tensors, so one kernel for every
+// backend; apart from the operators' schemas above (which the CUDA emulation copies).
+TORCH_LIBRARY_FRAGMENT(tropfx, m) {
   m.def("_output_cache(int limit=-1, bool clear=False) -> int[]", &output_cache_op);
 }
 
