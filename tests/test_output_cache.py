@@ -105,10 +105,18 @@ def test_limit_eviction_and_clear(ops):
 
 
 def test_cached_tensor_is_ordinary(ops):
-    """Resizable (the storage keeps the cache as its allocator), saveable, in-place writable."""
+    """Resizable (the storage keeps the cache as its allocator), saveable, shareable, writable."""
+    import io
+
     x, index, value = sparse_args(512, 1024)
     y = ops.sparse_maxplus(x, index, value, None, -1, False, False)[0]
     expected = y.clone()
+    buffer = io.BytesIO()
+    torch.save(y, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), expected)
+    shared = ops.sparse_maxplus(x, index, value, None, -1, False, False)[0].share_memory_()
+    assert shared.is_shared() and torch.equal(shared, expected)
     y.resize_(1024, 1024)
     assert torch.equal(y[:512], expected)
     y[512:] = 1.0
