@@ -465,6 +465,30 @@ def test_bool_conv2d_shared_quads_match_the_reference(ops, data):
                    R.bool_conv2d_reference(x, pos, neg, threshold, *args))
 
 
+@pytest.mark.parametrize("density", [1.0, 0.97])
+def test_bool_conv2d_quad_sums_carry_into_their_top_planes(ops, density):
+    """A quad whose pattern counts fill their planes: patterns 1 (channel 0 alone), 5 (channels 0
+    and 2) and 15 (all four) of 120 taps each, so every pattern count needs 7 planes and channel
+    0's partial sum of patterns 1 and 5 (240 on all-ones input) carries into an eighth; the
+    thresholds sit where a lost carry flips the output."""
+    gen = torch.Generator().manual_seed(7)
+    taps = torch.randperm(64 * 9, generator=gen)
+    one, five, fifteen = taps[:120], taps[120:240], taps[240:360]
+    weight = torch.zeros(4, 64 * 9, dtype=torch.long)
+    weight[0, torch.cat([one, five, fifteen])] = 1
+    weight[2, torch.cat([five, fifteen])] = 1
+    weight[[1, 3], fifteen[:, None]] = 1
+    weight = weight.view(4, 64, 3, 3)
+    threshold = torch.tensor([250, 61, 121, 61])
+    x = ops.pack_bits(torch.rand(2, 64, 12, 60, generator=gen) < density)
+    pos, neg = K.pack_conv_weight(weight)
+    args = ((1, 1), (0, 0), (1, 1))
+    y = ops.bool_conv2d(x, pos, neg, threshold, *args)
+    assert_bitwise(y, R.bool_conv2d_reference(x, pos, neg, threshold, *args))
+    if density == 1.0:  # every count is |S|: all fire
+        assert bool(K.unpack_bits(y, 4, torch.bool).all())
+
+
 @pytest.mark.parametrize("density", [0.02, 0.5, 0.98])
 def test_bool_conv2d_extreme_thresholds_exit_early_and_exactly(ops, density):
     """Dilation-like (t = 1, 2) and erosion-like (t = |S|, |S| - 1) neurons over many taps: the

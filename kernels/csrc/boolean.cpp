@@ -656,76 +656,90 @@ inline vbits slice_threshold(const uint64_t* image, const int32_t* off, int64_t 
 
 int bit_length(uint64_t v) { return v == 0 ? 0 : 64 - __builtin_clzll(v); }
 
-// out = a + b on W planes, rippled plane by plane (a majority and a parity per plane); the sum must fit
-// in W planes. out may be a or b.
-template <int W>
+// out = a + b, a of WA planes and b of WB, into WO planes (the caller knows the sum fits): a full
+// adder (a majority and a parity) where both have a plane, a half adder where one has, the carry
+// alone above both; the conditions fold away once the loop is unrolled.
+template <int WA, int WB, int WO>
 inline __attribute__((always_inline)) void slice_add(const vbits* a, const vbits* b, vbits* out) {
   vbits carry = {};
-  for (int k = 0; k < W; ++k) {
-    const vbits x = a[k], y = b[k];
-    out[k] = parity(x, y, carry);
-    carry = majority(x, y, carry);
+#pragma GCC unroll 32
+  for (int k = 0; k < WO; ++k) {
+    if (k < WA && k < WB) {
+      const vbits x = a[k], y = b[k];
+      if (k == 0) {
+        out[k] = x ^ y;
+        carry = x & y;
+      } else {
+        out[k] = parity(x, y, carry);
+        carry = majority(x, y, carry);
+      }
+    } else if (k < WA || k < WB) {
+      const vbits x = k < WA ? a[k] : b[k];
+      out[k] = x ^ carry;
+      carry = x & carry;
+    } else {
+      out[k] = carry;
+      carry = vbits{};
+    }
   }
 }
 
-// The planes a quad's kernel works in: per pattern m = 1 .. 15 its count at c[m * W], planes past
-// the count's own width zero. slice_count may write up to 4 planes more than W (its width follows
-// the padded number of taps), but those planes of a count below 2^W are zero: they land, as
-// zeros, on the planes of the next patterns (counted after it, or empty and zero) or on the 4 * W
-// planes of room after the last pattern.
-constexpr int kQuadPlanes = 20;
+// The planes a quad's kernel works in: pattern m's count at c[m * PW], PW planes (PW: the widest
+// pattern count's slice_width, so every count fits; a count's planes past its own width are zero).
 
-// out = c[a] + c[b] + c[d] + c[e], W planes each.
-template <int W>
+// out = c[a] + c[b] + c[d] + c[e], PW planes each, into PW + 2 planes (4 (2^PW - 1) < 2^(PW + 2)).
+template <int PW>
 inline __attribute__((always_inline)) void slice_sum4(const vbits* c, int a, int b, int d, int e,
                                                       vbits* out) {
-  slice_add<W>(c + a * W, c + b * W, out);
-  slice_add<W>(out, c + d * W, out);
-  slice_add<W>(out, c + e * W, out);
+  vbits two[PW + 1], three[PW + 2];
+  slice_add<PW, PW, PW + 1>(c + a * PW, c + b * PW, two);
+  slice_add<PW + 1, PW, PW + 2>(two, c + d * PW, three);
+  slice_add<PW + 2, PW, PW + 2>(three, c + e * PW, out);
 }
 
-// The four channels' outputs 1[count_k >= threshold[k]] at word q (every count below 2^W). Each
-// pattern's count, then channel k's as the sum of the patterns with bit k: with E_x the sum of the
-// patterns whose bits 0-1 are x, and F_y of those whose bits 2-3 are y, count_0 = E_1 + E_3,
-// count_1 = E_2 + E_3, count_2 = F_1 + F_3, count_3 = F_2 + F_3 (E_x takes every pattern x + 4 h,
-// F_y every pattern l + 4 y, so each pattern with bit k counts once). In this order at most two
-// sums are live (E_3 or F_3, and the one being formed): they stay in registers.
-template <int W>
+// The four channels' outputs 1[count_k >= threshold[k]] at word q. Each pattern's count, then
+// channel k's as the sum of the patterns with bit k: with E_x the sum of the patterns whose bits
+// 0-1 are x, and F_y of those whose bits 2-3 are y, count_0 = E_1 + E_3, count_1 = E_2 + E_3,
+// count_2 = F_1 + F_3, count_3 = F_2 + F_3 (E_x takes every pattern x + 4 h, F_y every pattern
+// l + 4 y, so each pattern with bit k counts once). In this order at most two sums are live (E_3
+// or F_3, and the one being formed): they stay in registers. The sums grow a plane per doubling,
+// from PW planes to PW + 3 (8 (2^PW - 1) < 2^(PW + 3)) instead of all at the widest.
+template <int PW>
 void quad_hits(const uint64_t* image, const SliceQuad& quad, int64_t q, vbits* c,
                const int64_t* threshold, vbits* hit) {
   for (int m = 1; m < 16; ++m) {
     const int64_t n = quad.begin[m + 1] - quad.begin[m];
-    if (n > 0) slice_count(image, quad.offsets.data() + quad.begin[m], n, q, c + m * W);
+    if (n > 0) slice_count(image, quad.offsets.data() + quad.begin[m], n, q, c + m * PW);
   }
-  vbits shared[W], sum[W];
+  constexpr int E = PW + 2, C = PW + 3;
+  vbits shared[E], sum[E], total[C];
   // Channel k: the sum of patterns a + s * j (j = 0 .. 3), plus ``shared``.
   auto channel = [&](int k, int a, int s) __attribute__((always_inline)) {
-    slice_sum4<W>(c, a, a + s, a + 2 * s, a + 3 * s, sum);
-    slice_add<W>(sum, shared, sum);
-    hit[k] = slice_at_least(sum, W, threshold[k]);
+    slice_sum4<PW>(c, a, a + s, a + 2 * s, a + 3 * s, sum);
+    slice_add<E, E, C>(sum, shared, total);
+    hit[k] = slice_at_least(total, C, threshold[k]);
   };
-  slice_sum4<W>(c, 3, 7, 11, 15, shared);  // E_3
-  channel(0, 1, 4);                         // E_1 + E_3
-  channel(1, 2, 4);                         // E_2 + E_3
-  slice_sum4<W>(c, 12, 13, 14, 15, shared);  // F_3
-  channel(2, 4, 1);                          // F_1 + F_3
-  channel(3, 8, 1);                          // F_2 + F_3
+  slice_sum4<PW>(c, 3, 7, 11, 15, shared);  // E_3
+  channel(0, 1, 4);                          // E_1 + E_3
+  channel(1, 2, 4);                          // E_2 + E_3
+  slice_sum4<PW>(c, 12, 13, 14, 15, shared);  // F_3
+  channel(2, 4, 1);                           // F_1 + F_3
+  channel(3, 8, 1);                           // F_2 + F_3
 }
 
-// One quad over the words [q0, q1) of image n: W planes per number, W the width of the largest
-// count of the four channels.
-template <int W>
+// One quad over the words [q0, q1) of image n.
+template <int PW>
 void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* threshold,
                 int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
-  vbits c[kQuadPlanes * W];
+  vbits c[16 * PW];
   // The planes of each pattern's slot that its count never writes stay zero.
   for (int m = 1; m < 16; ++m) {
     const int64_t n = quad.begin[m + 1] - quad.begin[m];
-    for (int k = n > 0 ? std::min(W, slice_width(n)) : 0; k < W; ++k) c[m * W + k] = vbits{};
+    for (int k = n > 0 ? slice_width(n) : 0; k < PW; ++k) c[m * PW + k] = vbits{};
   }
   for (int64_t q = q0; q < q1; q += kLanes) {
     vbits hit[4];
-    quad_hits<W>(image, quad, q, c, threshold, hit);
+    quad_hits<PW>(image, quad, q, c, threshold, hit);
     for (int k = 0; k < 4; ++k) std::memcpy(dst + k * Lq + q, &hit[k], sizeof hit[k]);
   }
 }
@@ -733,11 +747,10 @@ void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* thr
 void quad_dispatch(int width, const uint64_t* image, const SliceQuad& quad,
                    const int64_t* threshold, int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
   switch (width) {
-#define TROPFX_QUAD(W) \
-    case W: return quad_block<W>(image, quad, threshold, q0, q1, Lq, dst);
-    TROPFX_QUAD(1) TROPFX_QUAD(2) TROPFX_QUAD(3) TROPFX_QUAD(4) TROPFX_QUAD(5) TROPFX_QUAD(6)
-    TROPFX_QUAD(7) TROPFX_QUAD(8) TROPFX_QUAD(9) TROPFX_QUAD(10) TROPFX_QUAD(11) TROPFX_QUAD(12)
-    TROPFX_QUAD(13) TROPFX_QUAD(14) TROPFX_QUAD(15) TROPFX_QUAD(16)
+#define TROPFX_QUAD(PW) \
+    case PW: return quad_block<PW>(image, quad, threshold, q0, q1, Lq, dst);
+    TROPFX_QUAD(4) TROPFX_QUAD(5) TROPFX_QUAD(6) TROPFX_QUAD(7) TROPFX_QUAD(8) TROPFX_QUAD(9)
+    TROPFX_QUAD(10) TROPFX_QUAD(11) TROPFX_QUAD(12) TROPFX_QUAD(13)
 #undef TROPFX_QUAD
   }
 }

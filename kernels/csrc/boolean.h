@@ -135,7 +135,8 @@ inline bool slice_exits_early(int64_t t, int64_t real) { return 4 * t <= real ||
 // where no early exit applies). Their taps are grouped by which of the four read them: pattern m =
 // 1 .. 15, bit k set if channel o0 + k does. Each group is counted once, and channel k's count is
 // the sum of the counts of the 8 patterns with bit k, added bit-sliced (22 additions of a few bits
-// for the four channels, through the partial sums over bits 0-1 and over bits 2-3). The union of
+// for the four channels, through the partial sums over bits 0-1 and over bits 2-3, each as wide as
+// its sum can be). The union of
 // the four channels' taps is read once: for 50 %-dense weights 15/16 of the taps against 4 x 1/2,
 // 53 % of the carry-save work.
 struct SliceQuad {
@@ -143,9 +144,9 @@ struct SliceQuad {
   std::vector<int32_t> offsets;  // pattern m's taps: offsets[begin[m], begin[m + 1]), each group
   int64_t begin[17];             // padded with zero-plane taps to a multiple of 8 (pattern 0 empty)
   int64_t real[16];              // pattern m's taps before the padding
-  int width;                     // bits of the largest count of the four channels, 1 .. kQuadBits
+  int width;                     // planes of the widest pattern count (slice_width), 4 .. kQuadBits - 3
 };
-constexpr int kQuadBits = 16;
+constexpr int kQuadBits = 16;  // planes of a channel's count in a quad: width + 3 at most
 
 // y = [sum_p sign_p 2^shift_p count_p >= threshold], count_p the number of set taps of plane p.
 // ``taps`` (O); ``quads``: the channels counted four at a time (the other three channels of a quad

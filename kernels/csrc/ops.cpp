@@ -518,23 +518,20 @@ struct WeightWords {
 };
 
 // Four channels o0 .. o0 + 3 as a quad (see boolean.h, SliceQuad), or width 0 where counting them
-// one by one is cheaper (their cost model: the union's taps padded to 8 per pattern plus 22
-// additions of the count's width, about a tap's work per plane, against each channel's taps
-// padded to 16), or where one of them exits early or has a constant output.
+// one by one is cheaper (their cost model: the union's taps padded to 8 per pattern plus the
+// planes of the 22 additions that sum the pattern counts, about a tap's work each, against each
+// channel's taps padded to 16), or where one of them exits early or has a constant output.
 tropfx::SliceQuad choose_quad(const WeightWords& word, const std::vector<tropfx::SliceTaps>& taps,
                               const int64_t* threshold, const tropfx::SliceGeometry& s, int64_t o0) {
   tropfx::SliceQuad quad;
   quad.o0 = o0;
   quad.width = 0;  // not shared
-  int64_t alone = 0, most = 0;
+  int64_t alone = 0;
   for (int k = 0; k < 4; ++k) {
     const int64_t t = threshold[o0 + k], real = taps[o0 + k].real[0];
     if (t <= 0 || t > real || tropfx::slice_exits_early(t, real)) return quad;
     alone += ceil_div(real, 16) * 16;
-    most = std::max(most, real);
   }
-  const int width = 64 - __builtin_clzll(uint64_t(most) | 1);
-  if (width > tropfx::kQuadBits) return quad;
   // The channel bits of pattern m at term (q = ki * kw + kj, word w): bits[(m * kh * kw + q) * Cw + w].
   const int64_t kh = word.kh, kw = word.kw, Cw = word.Cw, terms = kh * kw * Cw;
   std::vector<uint64_t> bits(16 * terms);
@@ -548,14 +545,18 @@ tropfx::SliceQuad choose_quad(const WeightWords& word, const std::vector<tropfx:
         bits[m * terms + q * Cw + w] = b;
       }
     }
-  int64_t shared = 22 * width;
+  int64_t shared = 0;
+  int pw = 4;  // planes of the widest pattern count (slice_width: at least 4)
   for (int m = 1; m < 16; ++m) {
     quad.real[m] = 0;
     for (int64_t i = 0; i < terms; ++i) quad.real[m] += __builtin_popcountll(bits[m * terms + i]);
     shared += ceil_div(quad.real[m], 8) * 8;
+    pw = std::max(pw, tropfx::slice_width(ceil_div(quad.real[m], 8) * 8));
   }
+  if (pw > tropfx::kQuadBits - 3) return quad;  // the channel sums need pw + 3 planes
+  shared += 22 * pw + 26;  // the sums' planes (quad_hits), about a tap's work each
   if (shared >= alone) return quad;  // the four channels one by one are cheaper
-  quad.width = width;
+  quad.width = pw;
   quad.begin[0] = quad.begin[1] = 0, quad.real[0] = 0;
   quad.offsets.reserve(shared);
   for (int m = 1; m < 16; ++m) {
