@@ -136,9 +136,8 @@ inline bool slice_exits_early(int64_t t, int64_t real) { return 4 * t <= real ||
 // 1 .. 15, bit k set if channel o0 + k does. Each group is counted once, and channel k's count is
 // the sum of the counts of the 8 patterns with bit k, added bit-sliced (22 additions of a few bits
 // for the four channels, through the partial sums over bits 0-1 and over bits 2-3, each as wide as
-// its sum can be). The union of
-// the four channels' taps is read once: for 50 %-dense weights 15/16 of the taps against 4 x 1/2,
-// 53 % of the carry-save work.
+// its sum can be). The union of the four channels' taps is read once: for 50 %-dense weights 15/16
+// of the taps against 4 x 1/2, 53 % of the carry-save work.
 struct SliceQuad {
   int64_t o0;
   std::vector<int32_t> offsets;  // pattern m's taps: offsets[begin[m], begin[m + 1]), each group
