@@ -684,9 +684,6 @@ inline __attribute__((always_inline)) void slice_add(const vbits* a, const vbits
   }
 }
 
-// The planes a quad's kernel works in: pattern m's count at c[m * PW], PW planes (PW: the widest
-// pattern count's slice_width, so every count fits; a count's planes past its own width are zero).
-
 // out = c[a] + c[b] + c[d] + c[e], PW planes each, into PW + 2 planes (4 (2^PW - 1) < 2^(PW + 2)).
 template <int PW>
 inline __attribute__((always_inline)) void slice_sum4(const vbits* c, int a, int b, int d, int e,
@@ -727,7 +724,9 @@ void quad_hits(const uint64_t* image, const SliceQuad& quad, int64_t q, vbits* c
   channel(3, 8, 1);                           // F_2 + F_3
 }
 
-// One quad over the words [q0, q1) of image n.
+// One quad over the words [q0, q1) of image n. The planes it works in: pattern m's count at
+// c[m * PW], PW planes (PW: the widest pattern count's slice_width, so every count fits; a count's
+// planes past its own width stay zero).
 template <int PW>
 void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* threshold,
                 int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
@@ -744,8 +743,10 @@ void quad_block(const uint64_t* image, const SliceQuad& quad, const int64_t* thr
   }
 }
 
+// quad_block for the quad's width, 4 .. kQuadBits - 3 (choose_quad keeps it there).
 void quad_dispatch(int width, const uint64_t* image, const SliceQuad& quad,
                    const int64_t* threshold, int64_t q0, int64_t q1, int64_t Lq, uint64_t* dst) {
+  static_assert(kQuadBits - 3 == 13, "one case per width");
   switch (width) {
 #define TROPFX_QUAD(PW) \
     case PW: return quad_block<PW>(image, quad, threshold, q0, q1, Lq, dst);
