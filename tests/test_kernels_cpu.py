@@ -82,7 +82,10 @@ def autograd_grads(fn, inputs, grad):
 
 # --- dense max-plus -----------------------------------------------------------------------------
 
-DENSE_SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 19), (37, 65, 33), (6, 64, 16), (50, 130, 70)]
+# (12, 64, 64) and (5, 136, 96): inputs in whole blocks of 8 and whole panels (the argmax re-scan's
+# straight loop when there is no bias).
+DENSE_SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 19), (37, 65, 33), (6, 64, 16), (50, 130, 70),
+                (12, 64, 64), (5, 136, 96)]
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

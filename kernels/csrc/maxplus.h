@@ -339,6 +339,26 @@ inline void dense_finish_panel(const DenseArgs<T>& a, int64_t row, int64_t o0, c
       // Lane by lane from memory (best, bias), not from the vectors just computed: reading a
       // lane of a vector spilled a moment before stalls on store forwarding.
       int32_t* ar = a.arg + row * a.M + o;
+#if defined(__AVX2__)
+      // Without a bias and with whole blocks of 8 floats (the common case): the re-scans as one
+      // straight loop, a gather each, no per-lane branches.
+      if constexpr (std::is_same_v<T, float> && DenseTiling<T>::KB == 8) {
+        if (a.bias == nullptr && a.K % 8 == 0) {
+          constexpr int NR = DenseTiling<T>::NR;
+          const __m256i at = _mm256_setr_epi32(0, NR, 2 * NR, 3 * NR, 4 * NR, 5 * NR, 6 * NR, 7 * NR);
+          for (int l = 0; l < L; ++l) {
+            const int i = v * L + l;
+            const int64_t k0 = int64_t(block[i]) * 8;
+            const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xr + k0),
+                                           _mm256_i32gather_ps(panel + k0 * NR + i, at, 4));
+            const unsigned hits = unsigned(
+                _mm256_movemask_ps(_mm256_cmp_ps(t, _mm256_set1_ps(best[i]), _CMP_EQ_OQ)));
+            ar[l] = int32_t(k0) + int32_t(__builtin_ctz(hits | 0x100u) & 7);
+          }
+          continue;
+        }
+      }
+#endif
       for (int l = 0; l < L; ++l) {
         const T t = best[v * L + l];
         ar[l] = a.bias != nullptr && signed_(a.bias[o + l], a.minplus) >= t
