@@ -83,7 +83,7 @@ def autograd_grads(fn, inputs, grad):
 # --- dense max-plus -----------------------------------------------------------------------------
 
 # (12, 64, 64) and (5, 136, 96): inputs in whole blocks of 8 and whole panels (the argmax re-scan's
-# straight loop when there is no bias).
+# straight loop).
 DENSE_SHAPES = [(1, 1, 1), (3, 5, 2), (7, 13, 19), (37, 65, 33), (6, 64, 16), (50, 130, 70),
                 (12, 64, 64), (5, 136, 96)]
 
@@ -126,6 +126,21 @@ def test_maxplus_random_shapes_are_bitwise_the_reference(ops, batch, inner, out,
     assert_bitwise(y, y_ref)
     assert_bitwise(arg, arg_ref)
     assert_bitwise(ops.maxplus(x, w, b, minplus, False)[0], y_ref)
+
+
+@pytest.mark.parametrize("minplus", [False, True])
+@pytest.mark.parametrize("inner", [9, 64])
+def test_maxplus_bias_wins_a_tie_with_the_maximum(ops, minplus, inner):
+    # The bias equal to row 0's maximum for every output: row 0's argmax is -1 throughout, the other
+    # rows' wherever they do not exceed it (64 inputs: whole blocks of 8; 64 outputs: whole panels).
+    gen = torch.Generator().manual_seed(inner)
+    x, w = grid((5, inner), torch.float32, gen), grid((64, inner), torch.float32, gen)
+    b = R.maxplus_reference(x[:1], w, None, minplus, False)[0][0]
+    y, arg = ops.maxplus(x, w, b, minplus, True)
+    y_ref, arg_ref = R.maxplus_reference(x, w, b, minplus, True)
+    assert_bitwise(y, y_ref)
+    assert_bitwise(arg, arg_ref)
+    assert bool((arg[0] == -1).all())
 
 
 @pytest.mark.parametrize("minplus", [False, True])

@@ -340,14 +340,18 @@ inline void dense_finish_panel(const DenseArgs<T>& a, int64_t row, int64_t o0, c
       // lane of a vector spilled a moment before stalls on store forwarding.
       int32_t* ar = a.arg + row * a.M + o;
 #if defined(__AVX2__)
-      // Without a bias and with whole blocks of 8 floats (the common case): the re-scans as one
-      // straight loop, a gather each, no per-lane branches.
+      // Whole blocks of 8 floats (the common case): the re-scans as one straight loop, a gather
+      // and a compare each (the bias rarely wins, so its branch predicts well).
       if constexpr (std::is_same_v<T, float> && DenseTiling<T>::KB == 8) {
-        if (a.bias == nullptr && a.K % 8 == 0) {
+        if (a.K % 8 == 0) {
           constexpr int NR = DenseTiling<T>::NR;
           const __m256i at = _mm256_setr_epi32(0, NR, 2 * NR, 3 * NR, 4 * NR, 5 * NR, 6 * NR, 7 * NR);
           for (int l = 0; l < L; ++l) {
             const int i = v * L + l;
+            if (a.bias != nullptr && signed_(a.bias[o + l], a.minplus) >= best[i]) {
+              ar[l] = -1;
+              continue;
+            }
             const int64_t k0 = int64_t(block[i]) * 8;
             const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xr + k0),
                                            _mm256_i32gather_ps(panel + k0 * NR + i, at, 4));
