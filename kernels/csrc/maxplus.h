@@ -284,20 +284,26 @@ inline void dense_exact(const DenseArgs<T>& a, int64_t row, int64_t o) {
   dense_finish(a, row, o, best, arg);
 }
 
+#if defined(__AVX2__)
+// first_reaching for a whole block of 8 floats: one gather and one vector compare; 8 if none.
+inline int first_of_8(const float* x, const float* c, float m) {
+  constexpr int NR = DenseTiling<float>::NR;
+  const __m256i at = _mm256_setr_epi32(0, NR, 2 * NR, 3 * NR, 4 * NR, 5 * NR, 6 * NR, 7 * NR);
+  const __m256 t = _mm256_add_ps(_mm256_loadu_ps(x), _mm256_i32gather_ps(c, at, 4));
+  const unsigned hits = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(t, _mm256_set1_ps(m), _CMP_EQ_OQ)));
+  return __builtin_ctz(hits | 0x100u);
+}
+#endif
+
 // The first k < n with x[k] + c[k * NR] == m, or n if none (c: the packed panel the tile read,
 // hot in cache): the tile's additions again (x + c, no contraction), so the maximum is found
-// exactly. A whole block of 8 floats: one gather and one vector compare.
+// exactly.
 template <typename T>
 inline int64_t first_reaching(const T* x, const T* c, int64_t n, T m) {
   constexpr int NR = DenseTiling<T>::NR;
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
-    if (n == 8) {
-      const __m256i at = _mm256_setr_epi32(0, NR, 2 * NR, 3 * NR, 4 * NR, 5 * NR, 6 * NR, 7 * NR);
-      const __m256 t = _mm256_add_ps(_mm256_loadu_ps(x), _mm256_i32gather_ps(c, at, 4));
-      const int hits = _mm256_movemask_ps(_mm256_cmp_ps(t, _mm256_set1_ps(m), _CMP_EQ_OQ));
-      return hits != 0 ? __builtin_ctz(unsigned(hits)) : n;
-    }
+    if (n == 8) return first_of_8(x, c, m);
   }
 #endif
   for (int64_t k = 0; k < n; ++k)
@@ -340,12 +346,11 @@ inline void dense_finish_panel(const DenseArgs<T>& a, int64_t row, int64_t o0, c
       // lane of a vector spilled a moment before stalls on store forwarding.
       int32_t* ar = a.arg + row * a.M + o;
 #if defined(__AVX2__)
-      // Whole blocks of 8 floats (the common case): the re-scans as one straight loop, a gather
-      // and a compare each (the bias rarely wins, so its branch predicts well).
+      // Whole blocks of 8 floats (the common case): the re-scans as one straight loop, without
+      // dense_arg's per-output block bounds (the bias rarely wins, so its branch predicts well).
       if constexpr (std::is_same_v<T, float> && DenseTiling<T>::KB == 8) {
         if (a.K % 8 == 0) {
           constexpr int NR = DenseTiling<T>::NR;
-          const __m256i at = _mm256_setr_epi32(0, NR, 2 * NR, 3 * NR, 4 * NR, 5 * NR, 6 * NR, 7 * NR);
           for (int l = 0; l < L; ++l) {
             const int i = v * L + l;
             if (a.bias != nullptr && signed_(a.bias[o + l], a.minplus) >= best[i]) {
@@ -353,11 +358,7 @@ inline void dense_finish_panel(const DenseArgs<T>& a, int64_t row, int64_t o0, c
               continue;
             }
             const int64_t k0 = int64_t(block[i]) * 8;
-            const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xr + k0),
-                                           _mm256_i32gather_ps(panel + k0 * NR + i, at, 4));
-            const unsigned hits = unsigned(
-                _mm256_movemask_ps(_mm256_cmp_ps(t, _mm256_set1_ps(best[i]), _CMP_EQ_OQ)));
-            ar[l] = int32_t(k0) + int32_t(__builtin_ctz(hits | 0x100u) & 7);
+            ar[l] = int32_t(k0) + (first_of_8(xr + k0, panel + k0 * NR + i, best[i]) & 7);
           }
           continue;
         }

@@ -545,20 +545,21 @@ tropfx::SliceQuad choose_quad(const WeightWords& word, const std::vector<tropfx:
         bits[m * terms + q * Cw + w] = b;
       }
     }
-  int64_t shared = 0;
+  int64_t padded[16] = {}, tap_count = 0;
   int pw = 4;  // planes of the widest pattern count (slice_width: at least 4)
   for (int m = 1; m < 16; ++m) {
     quad.real[m] = 0;
     for (int64_t i = 0; i < terms; ++i) quad.real[m] += __builtin_popcountll(bits[m * terms + i]);
-    shared += ceil_div(quad.real[m], 8) * 8;
-    pw = std::max(pw, tropfx::slice_width(ceil_div(quad.real[m], 8) * 8));
+    padded[m] = ceil_div(quad.real[m], 8) * 8;
+    tap_count += padded[m];
+    pw = std::max(pw, tropfx::slice_width(padded[m]));
   }
   if (pw > tropfx::kQuadBits - 3) return quad;  // the channel sums need pw + 3 planes
-  shared += 22 * pw + 26;  // the sums' planes (quad_hits), about a tap's work each
-  if (shared >= alone) return quad;  // the four channels one by one are cheaper
+  // the sums' planes (quad_hits), about a tap's work each
+  if (tap_count + 22 * pw + 26 >= alone) return quad;  // the four channels one by one are cheaper
   quad.width = pw;
   quad.begin[0] = quad.begin[1] = 0, quad.real[0] = 0;
-  quad.offsets.reserve(shared);
+  quad.offsets.reserve(tap_count);
   for (int m = 1; m < 16; ++m) {
     const uint64_t* mb = &bits[m * terms];
     for (int64_t ki = 0; ki < kh; ++ki)
@@ -568,7 +569,7 @@ tropfx::SliceQuad choose_quad(const WeightWords& word, const std::vector<tropfx:
             const int64_t c = w * 64 + __builtin_ctzll(b);
             quad.offsets.push_back(int32_t(tropfx::slice_tap_offset(s, c, ki, kj)));
           }
-    quad.offsets.resize(quad.begin[m] + ceil_div(quad.real[m], 8) * 8, int32_t(s.zero));
+    quad.offsets.resize(quad.begin[m] + padded[m], int32_t(s.zero));
     quad.begin[m + 1] = int64_t(quad.offsets.size());
   }
   return quad;
