@@ -61,3 +61,35 @@ def test_bimonn_mnist_keeps_the_best_validation_epoch_and_stops_early():
     final = model.state_dict()
     assert all(torch.equal(final[k], states[1][k]) for k in final)
     assert not all(torch.equal(final[k], states[3][k]) for k in final)
+
+
+
+def test_bimonn_denoising_restarts_keep_the_best_binarized_validation(tmp_path):
+    """``--restarts 3``: three models from the seeds 0, 1000, 2000; the one kept and reported is
+    the one whose binarized validation MSE is the lowest (here the second), not the last."""
+    import importlib.util
+    import json
+
+    import torch
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / "bimonn_denoising.py"
+    spec = importlib.util.spec_from_file_location("bimonn_denoising_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scores, states = iter([0.3, 0.1, 0.2]), []
+
+    def scripted(model, x, y):  # stands for the binarized validation MSE of each restart
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    module.binarized_loss = scripted  # run() looks it up in the module's globals
+    module.main(["--smoke", "--regularizers", "none", "--restarts", "3", "--out", str(tmp_path)])
+    run = json.loads((tmp_path / "bimonn_denoising.json").read_text())["runs"]["none"]
+    tried = run["training"]["restarts"]
+    assert [t["seed"] for t in tried] == [0, 1000, 2000]
+    assert [t["validation_binary_loss"] for t in tried] == [0.3, 0.1, 0.2]
+    assert run["training"]["seed"] == 1000
+    kept = {k: torch.tensor(v) for k, v in run["state"].items()}
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], states[2][k]) for k in kept)
+    assert "Best of 3 restarts (seed 1000)" in (tmp_path / "bimonn_denoising.md").read_text()
