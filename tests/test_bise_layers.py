@@ -162,6 +162,23 @@ def test_bisel_identity_lui_is_its_bise_neurons():
         BiSEL(2, 3, identity_lui=True)
 
 
+
+def test_bisel_input_means_set_the_bise_and_lui_biases_apart():
+    """``input_mean`` starts the BiSE biases at ``input_mean * sum W`` and ``lui_input_mean`` the
+    LUI biases (Eqs. 194-195, no noise here); each leaves the other at its own value."""
+    for means in ((0.5, 0.5), (0.8, 0.5), (0.5, 0.2), (0.75, 0.25)):
+        torch.manual_seed(4)
+        layer = BiSEL(3, 2, 5, input_mean=means[0], lui_input_mean=means[1], bias_noise=0.0,
+                      weight_reparam="dual", dtype=F64)
+        for module, mean in ((layer.bise, means[0]), (layer.lui, means[1])):
+            w, b, _ = module.neurons()
+            torch.testing.assert_close(b, mean * w.sum(1), rtol=1e-12, atol=1e-12)
+        assert layer.lui.input_mean == means[1] and layer.bise.input_mean == means[0]
+    with pytest.raises(InputError, match="lui_input_mean=0.3 sets the bias of LUIs"):
+        BiSEL(1, 3, identity_lui=True, lui_input_mean=0.3)
+    with pytest.raises(InputError, match="LUI: need 0 <= input_mean <= 1"):
+        BiSEL(2, 1, lui_input_mean=1.5)
+
 def test_dense_lui_is_a_lui_on_1x1_images():
     torch.manual_seed(2)
     dense, lui = DenseLUI(6, 3), LUI(6, 3)

@@ -495,7 +495,10 @@ class BiSEL(nn.Module):
     Input (N_batch, in_channels, H, W) in [0, 1], output (N_batch, out_channels, H', W').
 
     ``options`` (:class:`BiSEModule`) go to both; ``input_mean`` only to ``bise``, since the LUI
-    inputs are BiSE outputs, centred on 1/2 by App. B's assumption 3.
+    inputs are BiSE outputs, centred on 1/2 by App. B's assumption 3. ``lui_input_mean`` is the
+    ``input_mean`` of ``lui`` (default 1/2, Eq. 194): its bias starts at ``lui_input_mean * sum W``,
+    so a lower value starts the LUIs nearer a union and a higher one nearer an intersection (the
+    remark on bias initialization after Prop. B.1: ``E(x) < 1/2`` leans a neuron to a dilation).
 
     ``identity_lui=True`` (only with ``in_channels=1``) makes ``lui`` an ``nn.Identity``: a LUI
     reading a single channel is, once activated, the union (or intersection) of one set, i.e. that
@@ -505,7 +508,7 @@ class BiSEL(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair = 3, *,
                  padding: str | int | tuple[int, int] = "same", identity_lui: bool = False,
-                 **options):
+                 lui_input_mean: float = 0.5, **options):
         super().__init__()
         name = type(self).__name__
         self.in_channels = _positive_int(name, "in_channels", in_channels)
@@ -513,7 +516,11 @@ class BiSEL(nn.Module):
         if identity_lui and in_channels != 1:
             raise InputError(f"{name}: identity_lui=True drops the LUIs, which is exact only when each "
                              f"reads one channel (in_channels=1), got in_channels={in_channels}")
+        if identity_lui and lui_input_mean != 0.5:
+            raise InputError(f"{name}: lui_input_mean={lui_input_mean} sets the bias of LUIs that "
+                             "identity_lui=True removes; drop one of the two")
         lui_options = {k: v for k, v in options.items() if k != "input_mean"}
+        lui_options["input_mean"] = lui_input_mean
         self.bise = BiSE(kernel_size, channels=in_channels * out_channels, padding=padding, **options)
         self.lui = (nn.Identity() if identity_lui else
                     LUI(in_channels * out_channels, out_channels, groups=out_channels, **lui_options))
