@@ -515,8 +515,9 @@ def run(kind: str, x_test: torch.Tensor, y_test: torch.Tensor, out: Path,
             candidate = fresh(seed)
             log = train(candidate, rng, kind, args, validation if args.select == "binary" else None)
             if restarts > 1:
-                score = (log["selected_binary_loss"] if args.select == "binary"
-                         else binarized_loss(candidate, *validation))
+                score = log["selected_binary_loss"]  # None unless a checkpoint was kept
+                if score is None:
+                    score = binarized_loss(candidate, *validation)
                 tried.append({"seed": seed, "validation_binary_loss": score,
                               "iterations": log["iterations"]})
                 print(f"  {kind}: restart {r + 1}/{restarts} (seed {seed}): binarized "
