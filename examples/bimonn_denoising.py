@@ -389,9 +389,12 @@ def markdown(result: dict) -> str:
                       f"network had the lowest validation MSE ({t['selected_binary_loss']:.4f}; "
                       f"checked every {c['select_every']} iterations on {c['val_images']} images).")
         if t.get("restarts"):
-            scores = ", ".join(f"{e['validation_binary_loss']:.4f}" for e in t["restarts"])
+            scores = ", ".join(f"{e['validation_binary_loss']:.4f}"
+                               + (f" ({e['test_binary_dice']:.2f} %)" if "test_binary_dice" in e
+                                  else "") for e in t["restarts"])
             chosen += (f" Best of {len(t['restarts'])} restarts (seed {t['seed']}) by the binarized "
-                       f"validation MSE; the restarts' validation MSEs: {scores}.")
+                       f"validation MSE; the restarts' validation MSEs (and binarized test DICE, "
+                       f"not used to choose): {scores}.")
         lines.append(f"* {kind}: {t['iterations']} iterations in {t['seconds']:.0f} s, final data "
                      f"loss {t['final_loss']:.4f}, final lr {t['lr_final']:.2g}.{chosen}")
     for kind, run in result["runs"].items():
@@ -518,10 +521,13 @@ def run(kind: str, x_test: torch.Tensor, y_test: torch.Tensor, out: Path,
                 score = log["selected_binary_loss"]  # None unless a checkpoint was kept
                 if score is None:
                     score = binarized_loss(candidate, *validation)
+                # The test DICE is reported, never used to choose: it shows how often a seed succeeds.
+                with torch.no_grad():
+                    test_dice = binarize(candidate, x_test, y_test, "activable")["dice"]
                 tried.append({"seed": seed, "validation_binary_loss": score,
-                              "iterations": log["iterations"]})
+                              "iterations": log["iterations"], "test_binary_dice": test_dice})
                 print(f"  {kind}: restart {r + 1}/{restarts} (seed {seed}): binarized "
-                      f"validation MSE {score:.4f}", flush=True)
+                      f"validation MSE {score:.4f} (test DICE {test_dice:.2f} %)", flush=True)
                 if best is not None and score >= best[0]:
                     continue
                 best = (score, seed)
