@@ -29,7 +29,7 @@ erosions), 0.25 in the second and in its LUI (leaning to dilations and a union);
 The paper sets ``E(x_0)``, the data's mean, in the first layer and 1/2 after (Eqs. 194-195); its
 remark after Prop. B.1 notes that ``E(x) < 1/2`` leans a neuron to a dilation, which on this sparse
 data points the first layer the wrong way. With ``roles``, 6 of 8 seeds found the union of
-openings in our 1500-iteration runs (3 of 9 with trainable one-input LUIs in the first layer);
+openings in our 1500-iteration runs (4 of 8 with trainable one-input LUIs in the first layer);
 ``--restarts N`` (default 4) trains N seeds and keeps the model whose binarized network has the
 lowest MSE on validation images (never the test images).
 
