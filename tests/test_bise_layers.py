@@ -163,6 +163,27 @@ def test_bisel_identity_lui_is_its_bise_neurons():
 
 
 
+
+@pytest.mark.parametrize("identity_lui", [False, True])
+def test_bisel_with_one_input_channel_is_its_bise_on_copies(identity_lui):
+    """``BiSEL(1, K)`` convolves its one channel once with K outputs (``BiSE.forward_shared``):
+    the same values and gradients as the BiSE bank on K copies of the input (Def. 2.4)."""
+    torch.manual_seed(5)
+    layer = BiSEL(1, 3, 5, identity_lui=identity_lui, dtype=F64)
+    with torch.no_grad():
+        layer.bise.scale.uniform_(-2, 2)
+    x = torch.rand(2, 1, 7, 6, dtype=F64, requires_grad=True)
+    y = layer(x)
+    reference = layer.lui(layer.bise(x.repeat(1, 3, 1, 1)))
+    torch.testing.assert_close(y, reference, rtol=1e-12, atol=1e-12)
+    g = torch.rand_like(y)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], g)
+    expected = torch.autograd.grad(reference, [x, *layer.parameters()], g)
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(InputError, match="BiSE: expected 1 input channels"):
+        layer.bise.forward_shared(torch.rand(1, 2, 4, 4, dtype=F64))
+
 def test_bisel_input_means_set_the_bise_and_lui_biases_apart():
     """``input_mean`` starts the BiSE biases at ``input_mean * sum W`` and ``lui_input_mean`` the
     LUI biases (Eqs. 194-195, no noise here); each leaves the other at its own value."""
