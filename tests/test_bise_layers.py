@@ -184,6 +184,7 @@ def test_bisel_with_one_input_channel_is_its_bise_on_copies(identity_lui):
     with pytest.raises(InputError, match="BiSE: expected 1 input channels"):
         layer.bise.forward_shared(torch.rand(1, 2, 4, 4, dtype=F64))
 
+
 def test_bisel_input_means_set_the_bise_and_lui_biases_apart():
     """``input_mean`` starts the BiSE biases at ``input_mean * sum W`` and ``lui_input_mean`` the
     LUI biases (Eqs. 194-195, no noise here); each leaves the other at its own value."""

@@ -63,7 +63,6 @@ def test_bimonn_mnist_keeps_the_best_validation_epoch_and_stops_early():
     assert not all(torch.equal(final[k], states[3][k]) for k in final)
 
 
-
 def test_bimonn_denoising_restarts_keep_the_best_binarized_validation(tmp_path):
     """``--restarts 3``: three models from the seeds 0, 1000, 2000; the one kept and reported is
     the one whose binarized validation MSE is the lowest (here the second), not the last."""
