@@ -349,7 +349,7 @@ def markdown(result: dict) -> str:
            else "")
     init = (f"by App. B (p = {c['scale_init']}, bias noise {c['bias_noise']}, {lui}{c['lui_init']} "
             f"LUI weights, first-layer bias from E(x_0) = {mean}; the `roles` run: E(x) = "
-            f"{' / '.join(f'{m:g}' for m in c.get('role_means', [0.75, 0.25, 0.25]))} for the first "
+            f"{' / '.join(f'{m:g}' for m in c['role_means'])} for the first "
             "BiSE layer's, the second's and the last LUI's biases; the `opening` run: "
             "set to the union of openings, p = 10 on BiSE and 5 on LUI neurons)")
     lines = [
@@ -511,7 +511,7 @@ def run(kind: str, x_test: torch.Tensor, y_test: torch.Tensor, out: Path,
         if args.select == "binary" or restarts > 1:
             validation = sticks(args.val_images, args.size, np.random.default_rng(args.seed + 2),
                                 **data_options(args))
-        tried, best = [], None
+        tried, best = [], math.inf  # the lowest binarized validation MSE so far
         for r in range(restarts):
             seed = args.seed + 1000 * r
             rng = np.random.default_rng(seed)
@@ -522,15 +522,14 @@ def run(kind: str, x_test: torch.Tensor, y_test: torch.Tensor, out: Path,
                 if score is None:
                     score = binarized_loss(candidate, *validation)
                 # The test DICE is reported, never used to choose: it shows how often a seed succeeds.
-                with torch.no_grad():
-                    test_dice = binarize(candidate, x_test, y_test, "activable")["dice"]
+                test_dice = binarize(candidate, x_test, y_test, "activable")["dice"]
                 tried.append({"seed": seed, "validation_binary_loss": score,
                               "iterations": log["iterations"], "test_binary_dice": test_dice})
                 print(f"  {kind}: restart {r + 1}/{restarts} (seed {seed}): binarized "
                       f"validation MSE {score:.4f} (test DICE {test_dice:.2f} %)", flush=True)
-                if best is not None and score >= best[0]:
+                if score >= best:
                     continue
-                best = (score, seed)
+                best = score
             model, training = candidate, log
             training["seed"] = seed
         if tried:
