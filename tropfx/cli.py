@@ -334,12 +334,22 @@ def _model_and_inputs(args: argparse.Namespace) -> tuple[Any, tuple | None]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tropfx.demo import run_demo
+    from tropfx.demo import LOSSY_STAGE, run_demo
 
-    print(f"training SmallCNN on scikit-learn's 8x8 digits for {args.seconds:g} s ...", flush=True)
-    result = run_demo(seconds=args.seconds, seed=args.seed)
-    print(f"trained {result.epochs} epochs, test accuracy {result.accuracy:.4f}\n")
+    print(f"training SmallCNN on scikit-learn's 8x8 digits for {args.epochs} epochs (seed {args.seed}) ...",
+          flush=True)
+    result = run_demo(epochs=args.epochs, seed=args.seed, max_seconds=args.max_seconds)
+    cap = (f" (stopped by --max-seconds {args.max_seconds:g} before {result.requested_epochs}: "
+           "results differ from an uncapped run)" if result.capped else "")
+    print(f"trained {result.epochs} epochs{cap}, test accuracy {result.accuracy:.4f}\n")
     print(result.compiled.report)
+    rows = result.compiled.report.rows
+    lossy = [r.stage for r in rows].index(LOSSY_STAGE)
+    before, after = rows[lossy - 1].metrics["test acc"], rows[lossy].metrics["test acc"]
+    exact = ", ".join(r.stage for r in rows if r.exact is True)
+    print(f"\nexact stages (verified, the same outputs up to rounding): {exact}\n"
+          f"lossy stage: {LOSSY_STAGE}, 50 % of the conv / linear weights pruned with no fine-tuning, "
+          f"test acc {before:.4f} -> {after:.4f}")
     if args.json:
         with open(args.json, "w") as f:
             f.write(result.compiled.report.to_json())
@@ -596,9 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     demo = command("demo", "train a small CNN on bundled data, compile it, verify and report",
-                   "Train SmallCNN on scikit-learn's bundled 8x8 digits for a few seconds, "
-                   "compile it through tropfx's passes with verification, and print the report.")
-    demo.add_argument("--seconds", type=float, default=3.0, help="training time (default 3)")
+                   "Train SmallCNN on scikit-learn's bundled 8x8 digits for a fixed number of epochs "
+                   "(the same model for the same seed), compile it through tropfx's passes with "
+                   "verification, and print the report.")
+    demo.add_argument("--epochs", type=int, default=30, help="training epochs (default 30, ~2 s)")
+    demo.add_argument("--max-seconds", type=float, default=60.0,
+                      help="stop training after this many seconds on a slow machine (default 60)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     demo.set_defaults(func=_demo)

@@ -14,8 +14,9 @@ from torch import nn
 
 import tropfx
 from tropfx import passes as tp
+from tropfx.errors import InputError
 
-__all__ = ["DemoResult", "SmallCNN", "load_digits", "run_demo"]
+__all__ = ["LOSSY_STAGE", "DemoResult", "SmallCNN", "load_digits", "run_demo"]
 
 
 class SmallCNN(nn.Module):
@@ -63,40 +64,62 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seconds: float, seed: int) -> int:
-    """Adam on mini-batches of 64 until ``seconds`` have passed; return the number of epochs."""
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
+          max_seconds: float | None = None) -> int:
+    """Adam on mini-batches of 64 for ``epochs`` epochs; return the number of epochs run.
+
+    The epoch count, not the clock, decides how long it trains, so the same seed gives the same
+    model on every run. ``max_seconds`` only caps a very slow machine: training then stops after
+    the epoch that crossed it (at least one epoch runs), and the caller sees fewer epochs."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    deadline, epochs = time.perf_counter() + seconds, 0
-    while time.perf_counter() < deadline or epochs == 0:
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+    done = 0
+    while done < epochs:
         for idx in torch.randperm(len(y), generator=gen).split(64):
             if len(idx) < 2:  # BatchNorm needs two samples per batch in training mode
                 continue
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
-        epochs += 1
+        done += 1
+        if deadline is not None and time.perf_counter() > deadline:
+            break
     model.eval()
-    return epochs
+    return done
 
 
 @dataclass
 class DemoResult:
     model: nn.Module
     compiled: nn.Module
-    epochs: int
+    epochs: int  # epochs run: the requested number, fewer only when max_seconds cut training short
     accuracy: float
+    requested_epochs: int = 0
+
+    @property
+    def capped(self) -> bool:
+        """True when the time cap stopped training before the requested epochs."""
+        return self.epochs < self.requested_epochs
 
 
-def run_demo(seconds: float = 3.0, seed: int = 0) -> DemoResult:
-    """Train :class:`SmallCNN` for ``seconds``; compile it through every pass, verifying each:
-    the exact rewrites (BatchNorm folding, ReLU and max pooling to max-plus / dilation), then
-    50 % magnitude pruning of the conv and linear weights, whose accuracy cost the report shows."""
+LOSSY_STAGE = "prune_l1"  # the demo's one lossy stage: 50 % magnitude pruning, no fine-tuning
+
+
+def run_demo(epochs: int = 30, seed: int = 0, max_seconds: float | None = 60.0) -> DemoResult:
+    """Train :class:`SmallCNN` for ``epochs`` epochs (deterministic for a seed; ``max_seconds`` caps
+    a slow machine); compile it through every pass, verifying each: the exact rewrites (BatchNorm
+    folding, ReLU and max pooling to max-plus / dilation), then the lossy stage, 50 % magnitude
+    pruning of the conv and linear weights with no fine-tuning, whose accuracy cost the report
+    shows."""
+    if epochs < 1:
+        raise InputError(f"demo: epochs={epochs}; train for at least 1 epoch")
     torch.manual_seed(seed)
     x_train, y_train, x_test, y_test = load_digits(seed)
     model = SmallCNN()
-    epochs = train(model, x_train, y_train, seconds, seed)
+    requested = epochs
+    epochs = train(model, x_train, y_train, epochs, seed, max_seconds)
     compiled = tropfx.compile(
         model,
         passes=[
@@ -108,4 +131,4 @@ def run_demo(seconds: float = 3.0, seed: int = 0) -> DemoResult:
         example_inputs=(x_test[:64],),
         evaluate=lambda m: {"test acc": accuracy(m, x_test, y_test)},
     )
-    return DemoResult(model, compiled, epochs, accuracy(model, x_test, y_test))
+    return DemoResult(model, compiled, epochs, accuracy(model, x_test, y_test), requested)
