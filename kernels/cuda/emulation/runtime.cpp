@@ -101,6 +101,7 @@ struct Region {
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;
   void poison() {
+    if (size == 0) return;
     std::memset(data, kPoison, size);
     std::memset(shadow.data(), kPoison, size);
   }
