@@ -315,6 +315,25 @@ def test_bool_conv2d(backend, case):
     assert_bitwise(backend("bool_conv2d", *args), cpu("bool_conv2d", *args))
 
 
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_bool_conv2d_extreme_thresholds(backend, whole_words):
+    """int32 counters start at -threshold clamped to +-(S + 1), S the largest |sum| (here
+    64 * 9 * 1 = 576): thresholds far past it and at its edges. whole_words: enough pixels for
+    whole-word (64-channel) threads on the emulated 4 SMs, else quarter words."""
+    g = torch.Generator().manual_seed(43)
+    n, hw = (4, 24) if whole_words else (1, 5)
+    x = cpu("pack_bits", torch.randint(0, 2, (n, 64, hw, hw), generator=g))
+    o = 70
+    pos, neg = pack_conv_weight(torch.randint(-1, 2, (o, 64, 3, 3), generator=g))
+    edges = [-2**62, 2**62, -2**40, 2**40, -578, -577, -576, -575, 575, 576, 577, 578, 0, 1, -1]
+    threshold = torch.tensor(edges + torch.randint(-40, 41, (o - len(edges),), generator=g).tolist())
+    x_all = x.clone()
+    x_all[0] = -1  # all ones (every bit set): sums reach the bound where the weights allow
+    for xs in (x, x_all):
+        args = (xs, pos, neg, threshold, [1, 1], [1, 1], [1, 1])
+        assert_bitwise(backend("bool_conv2d", *args), cpu("bool_conv2d", *args))
+
+
 @pytest.mark.parametrize("op", ["binary_dilation2d", "binary_erosion2d"])
 @pytest.mark.parametrize("case", [(2, 3, 7, 8, 3, 3, (1, 1), (1, 1), (1, 1)),
                                   (1, 70, 6, 5, 2, 3, (2, 1), (0, 1), (2, 1)),
