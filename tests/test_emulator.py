@@ -172,3 +172,44 @@ def test_kernels_under_sanitizers():
     assert proc.returncode == 0, tail
     passed = re.search(r"(\d+) passed", proc.stdout)
     assert passed and int(passed[1]) >= 50 and "failed" not in proc.stdout, tail
+
+
+# --- a bad index never returns silently --------------------------------------------------------------
+
+_BAD_INDEX = """
+import sys, torch
+from tropfx.kernels import _build
+from tropfx.kernels.cuda_build import build_emulation
+_build.load(); build_emulation()
+ops = torch.ops.tropfx_emu
+x, value = torch.randn(4, 10, 6), torch.zeros(3, 2)
+index = torch.tensor([[0, 1], [2, {bad}], [3, 4]])
+try:
+    if "{op}" == "forward":
+        ops.sparse_maxplus(x, index, value, None, {dim}, False, True)
+    else:
+        shape = [4, 3, 6] if {dim} == 1 else [4, 10, 3]
+        arg = torch.ones(shape, dtype=torch.int32)
+        ops.sparse_maxplus_backward(torch.ones(shape), arg, index, x.shape[{dim}], {dim}, False, False)
+except (RuntimeError, IndexError) as exc:
+    print("raised:", exc)
+    sys.exit(0)
+print("returned")
+sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(os.environ.get("TROPFX_CUDA_EMULATION") != "1",
+                    reason="the CUDA emulation is opt-in: TROPFX_CUDA_EMULATION=1")
+@pytest.mark.parametrize("op", ["forward", "backward"])
+@pytest.mark.parametrize("dim,bad", [(-1, 6), (-1, -1), (1, 10)])
+def test_bad_index_is_never_silent(op, dim, bad):
+    """An out-of-range index in sparse_maxplus: a Python exception (host-side validation) or the
+    kernels' device check (__trap, which on a GPU loses the context) -- never a result."""
+    script = _BAD_INDEX.format(op=op, dim=dim, bad=bad)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    if proc.returncode == 0:
+        assert proc.stdout.startswith("raised:"), proc.stdout
+    else:
+        assert "__trap()" in proc.stderr, (proc.returncode, proc.stdout, proc.stderr[-3000:])
