@@ -113,13 +113,19 @@ def build_emulation(*, verbose: bool = False) -> str:
         raise OSError("the CUDA emulation needs Linux (ucontext fibers)")
     from torch.utils import cpp_extension
 
-    build = build_directory().with_name(f"{EXTENSION_NAME}_emulation-torch{torch.__version__}")
+    # TROPFX_EMU_SANITIZE=1: built with AddressSanitizer and UBSan (its own library and folder);
+    # loading it needs libasan preloaded (tests/test_emulator.py runs it in a subprocess).
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                "-fno-omit-frame-pointer"] if os.environ.get("TROPFX_EMU_SANITIZE") == "1" else []
+    name = f"{EXTENSION_NAME}_emulation" + ("_asan" if sanitize else "")
+    build = build_directory().with_name(f"{name}-torch{torch.__version__}")
     sources = _emulation_sources(build / "src")
     return cpp_extension.load(
-        name=f"{EXTENSION_NAME}_emulation",
+        name=name,
         sources=[str(path) for path in sources],
         extra_include_paths=[str(CUDA_DIR / "emulation"), str(build / "src" / "cuda")],
-        extra_cflags=["-O1", "-fno-strict-aliasing"],
+        extra_cflags=["-O1", "-fno-strict-aliasing", *sanitize],
+        extra_ldflags=sanitize,
         build_directory=str(build),
         is_python_module=False,
         verbose=verbose,
@@ -166,7 +172,12 @@ def _emulated_kernels(text: str) -> str:
     """A .cu file as emulator C++ (see kernels/cuda/emulation/emu.h)."""
     text = re.sub(r"extern __shared__ (?:__align__\(\d+\) )?(\w+) (\w+)\[\];",
                   r"\1* \2 = static_cast<\1*>(emu::dyn_smem());", text)
-    text = text.replace("__shared__", "static")  # blocks run one at a time
+    # __shared__ T name[n]; -> a per-block, poisoned allocation (emu::shared)
+    text = re.sub(r"__shared__\s+(?:__align__\((\d+)\)\s+)?([^;]+?)\s+(\w+)\s*((?:\[[^\];]*\])*)\s*;",
+                  lambda m: f"auto& {m[3]} = emu::shared<{m[2]}{m[4]}, __LINE__>({m[1] or 0});", text)
+    # __launch_bounds__(b) kernel(params) { -> kernel(params) { emu::launch_bounds(b); (checked)
+    text = re.sub(r"__launch_bounds__\(((?:[^()]|\([^()]*\))*)\)\s*(\w+)\s*\(([^{]*?)\)\s*\{",
+                  r"\2(\3) { emu::launch_bounds(\1);", text, flags=re.S)
     # kernel<<<config>>>(args) -> emu::launch(emu::Cfg{config}, kernel, args)
     return re.sub(r"([A-Za-z_][\w:]*(?:<[^;(){}]*?>)?)<<<(.*?)>>>\(",
                   r"emu::launch(emu::Cfg{\2}, \1, ", text, flags=re.S)

@@ -189,6 +189,31 @@ def sparse_args(xshape, dim, out, k, seed):
 @pytest.mark.parametrize("case", SPARSE)
 @pytest.mark.parametrize("bias,minplus", list(itertools.product([False, True], repeat=2)))
 def test_sparse_maxplus(backend, case, bias, minplus):
+    check_sparse(backend, case, bias, minplus)
+
+
+# Wide inputs, for the launch paths the shapes above never take (kernels/cuda/sparse_maxplus.cu,
+# sparse_maxplus_forward; the emulated device opts in to 227 KiB, the kernels use at most 96 KiB):
+# staged x above the default 48 KiB of dynamic shared memory (cudaFuncSetAttribute's opt-in) for
+# each layout, and x too wide for shared memory (the global-memory fallback).
+SPARSE_PATHS = {
+    "rows16_optin": ((16, 1000), -1, 5, 4),    # 16 rows x 4000 B = 64000 B
+    "rows4_optin": ((4, 4000), -1, 5, 4),      # 4 x 16000 B
+    "rows1_optin": ((1, 15000), -1, 3, 5),     # 60000 B
+    "rows1_global": ((1, 25000), -1, 3, 5),    # 100000 B > 96 KiB: gathered from global memory
+    "cols_optin": ((2, 500, 3), 1, 4, 4),      # 500 x 32 columns x 4 B = 64000 B
+    "cols_global": ((2, 800, 3), 1, 4, 4),     # 102400 B > 96 KiB
+}
+
+
+@pytest.mark.parametrize("path", SPARSE_PATHS)
+@pytest.mark.parametrize("bias,minplus", [(True, False), (False, True)])
+def test_sparse_paths(backend, path, bias, minplus):
+    check_sparse(backend, SPARSE_PATHS[path], bias, minplus)
+
+
+def check_sparse(backend, case, bias, minplus):
+    """Forward (spoiled with NaN / +inf or not, argmax or not) bit for bit, then backward."""
     xshape, dim, out, k = case
     x, index, value = sparse_args(xshape, dim, out, k, seed=20)
     b = values(out, seed=23) if bias else None
@@ -288,6 +313,25 @@ def test_bool_conv2d(backend, case):
     threshold = torch.randint(-5, 6, (o,), generator=g) * max(1, hi // 8)
     args = (x, pos, neg, threshold, list(stride), list(padding), list(dilation))
     assert_bitwise(backend("bool_conv2d", *args), cpu("bool_conv2d", *args))
+
+
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_bool_conv2d_extreme_thresholds(backend, whole_words):
+    """int32 counters start at -threshold clamped to +-(S + 1), S the largest |sum| (here
+    64 * 9 * 1 = 576): thresholds far past it and at its edges. whole_words: enough pixels for
+    whole-word (64-channel) threads on the emulated 4 SMs, else quarter words."""
+    g = torch.Generator().manual_seed(43)
+    n, hw = (4, 24) if whole_words else (1, 5)
+    x = cpu("pack_bits", torch.randint(0, 2, (n, 64, hw, hw), generator=g))
+    o = 70
+    pos, neg = pack_conv_weight(torch.randint(-1, 2, (o, 64, 3, 3), generator=g))
+    edges = [-2**62, 2**62, -2**40, 2**40, -578, -577, -576, -575, 575, 576, 577, 578, 0, 1, -1]
+    threshold = torch.tensor(edges + torch.randint(-40, 41, (o - len(edges),), generator=g).tolist())
+    x_all = x.clone()
+    x_all[0] = -1  # all ones (every bit set): sums reach the bound where the weights allow
+    for xs in (x, x_all):
+        args = (xs, pos, neg, threshold, [1, 1], [1, 1], [1, 1])
+        assert_bitwise(backend("bool_conv2d", *args), cpu("bool_conv2d", *args))
 
 
 @pytest.mark.parametrize("op", ["binary_dilation2d", "binary_erosion2d"])

@@ -66,29 +66,43 @@ template <typename Acc, int OC>
 __global__ void __launch_bounds__(kThreads) bool_conv_kernel(
     const uint64_t* __restrict__ x, const uint64_t* __restrict__ pos, int Pp,
     const uint64_t* __restrict__ neg, int Pn, const int64_t* __restrict__ threshold, int64_t O,
-    const BitGeometry g, uint64_t* __restrict__ out) {
+    const int64_t limit, const BitGeometry g, uint64_t* __restrict__ out) {
   static_assert(OC == 16 || OC == 64, "a quarter word or a word of output channels");
   using Bits = typename std::conditional<OC == 64, uint64_t, uint16_t>::type;
   __shared__ uint64_t ws[kConvSmemBytes / sizeof(uint64_t)];
-  const int P = Pp + Pn, K = g.kh * g.kw;
-  const int64_t Cw = g.Cw, Ow = ceil_div<int64_t>(O, 64), oc0 = int64_t(blockIdx.y) * OC;
+  // Loop indices are 32-bit (the launcher checks K * Cw * P * OC < 2^31): a 64-bit division is a
+  // call into a runtime routine, and the counters live across it would spill.
+  const int P = Pp + Pn, K = g.kh * g.kw, Cw = int(g.Cw);
+  const int64_t Ow = ceil_div<int64_t>(O, 64), oc0 = int64_t(blockIdx.y) * OC;
   // No planes: every sum is 0 (and there is nothing to stage).
-  const int64_t pairs = P > 0 ? K * Cw : 0;
-  const int64_t chunk = int64_t(sizeof(ws) / sizeof(uint64_t)) / (int64_t(P > 0 ? P : 1) * OC);
+  const int pairs = P > 0 ? K * Cw : 0;
+  const int chunk = int(sizeof(ws) / sizeof(uint64_t)) / ((P > 0 ? P : 1) * OC);
   const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const bool valid = e < g.N * g.Ho * g.Wo;
   const int64_t j = e % g.Wo, i = e / g.Wo % g.Ho, n = e / (g.Wo * g.Ho);
+  const int64_t h0 = i * g.sh - g.ph, x0 = j * g.sw - g.pw;
+  const uint64_t* xn = x + n * g.H * g.W * Cw;
+  // int32: the counters start at -threshold (clamped to +-limit, past which the comparison's
+  // outcome is fixed), so the end compares with 0: loading 64 thresholds there, next to 64 live
+  // counters, made ptxas spill. int64 (16 counters) compares at the end.
+  constexpr bool kBiased = sizeof(Acc) == 4;
   Acc acc[OC];
 #pragma unroll
-  for (int u = 0; u < OC; ++u) acc[u] = 0;
-  for (int64_t c0 = 0; c0 < pairs; c0 += chunk) {
-    const int64_t c1 = c0 + chunk < pairs ? c0 + chunk : pairs;
+  for (int u = 0; u < OC; ++u) {
+    acc[u] = 0;
+    if (kBiased && valid && oc0 + u < O) {
+      const int64_t t = __ldg(threshold + oc0 + u);
+      acc[u] = Acc(t > limit ? -limit : t < -limit ? limit : -t);
+    }
+  }
+  for (int c0 = 0; c0 < pairs; c0 += chunk) {
+    const int c1 = c0 + chunk < pairs ? c0 + chunk : pairs;
     __syncthreads();  // the previous chunk is consumed
     // ws[((pair - c0) * P + p) * OC + u] = plane p of output channel oc0 + u (0 past O), from
     // the (O, kh, kw, planes, Cw) layouts.
-    for (int64_t t = threadIdx.x; t < (c1 - c0) * P * OC; t += blockDim.x) {
-      const int u = int(t % OC), p = int(t / OC % P);
-      const int64_t pair = c0 + t / (OC * P), q = pair / Cw, w = pair % Cw, o = oc0 + u;
+    for (int t = int(threadIdx.x); t < (c1 - c0) * P * OC; t += int(blockDim.x)) {
+      const int u = t % OC, p = t / OC % P, pair = c0 + t / (OC * P), q = pair / Cw, w = pair % Cw;
+      const int64_t o = oc0 + u;
       uint64_t word = 0;
       if (o < O)
         word = p < Pp ? __ldg(pos + ((o * K + q) * Pp + p) * Cw + w)
@@ -97,22 +111,23 @@ __global__ void __launch_bounds__(kThreads) bool_conv_kernel(
     }
     __syncthreads();
     if (!valid) continue;
-    for (int64_t pair = c0; pair < c1; ++pair) {
-      const int q = int(pair / Cw);
-      const int64_t w = pair % Cw;
-      const int64_t h = i * g.sh - g.ph + int64_t(q / g.kw) * g.dh;
-      const int64_t x_ = j * g.sw - g.pw + int64_t(q % g.kw) * g.dw;
+    int q = c0 / Cw, w = c0 % Cw;  // the pair's kernel position and input word, stepped below
+    for (int pair = c0; pair < c1; ++pair) {
+      const int64_t h = h0 + int64_t(q / g.kw) * g.dh, x_ = x0 + int64_t(q % g.kw) * g.dw;
+      const int wc = w;
+      if (++w == Cw) w = 0, ++q;
       if (h < 0 || h >= g.H || x_ < 0 || x_ >= g.W) continue;  // zero padding adds nothing
-      const uint64_t word = __ldg(x + ((n * g.H + h) * g.W + x_) * Cw + w);
+      const uint64_t word = __ldg(xn + (h * g.W + x_) * Cw + wc);
       if (word == 0) continue;
       const uint64_t* wp = ws + (pair - c0) * P * OC;
       for (int p = 0; p < P; ++p, wp += OC) {
-        if (p < Pp) {
+        // One unrolled loop for both signs (two made ptxas spill the int32 counters on sm_90).
+        const bool positive = p < Pp;
+        const int b = positive ? p : p - Pp;
 #pragma unroll
-          for (int u = 0; u < OC; ++u) acc[u] += Acc(__popcll(word & wp[u])) << p;
-        } else {
-#pragma unroll
-          for (int u = 0; u < OC; ++u) acc[u] -= Acc(__popcll(word & wp[u])) << (p - Pp);
+        for (int u = 0; u < OC; ++u) {
+          const Acc c = Acc(__popcll(word & wp[u])) << b;
+          acc[u] = positive ? acc[u] + c : acc[u] - c;
         }
       }
     }
@@ -122,7 +137,8 @@ __global__ void __launch_bounds__(kThreads) bool_conv_kernel(
 #pragma unroll
   for (int u = 0; u < OC; ++u) {
     const int64_t o = oc0 + u;
-    if (o < O && int64_t(acc[u]) >= __ldg(threshold + o)) bits |= Bits(Bits(1) << u);
+    if (o < O && (kBiased ? acc[u] >= 0 : int64_t(acc[u]) >= __ldg(threshold + o)))
+      bits |= Bits(Bits(1) << u);
   }
   // Word ow = oc0 / 64 of pixel e; a quarter word is its (oc0 % 64) / 16-th 16 bits (little endian).
   reinterpret_cast<Bits*>(out + e * Ow + oc0 / 64)[oc0 % 64 / OC] = bits;
@@ -155,8 +171,10 @@ __global__ void __launch_bounds__(kThreads) bit_morph_kernel(const uint64_t* __r
   const uint64_t fill = Erode ? ~uint64_t(0) : 0;  // padding: AND's / OR's neutral element
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t cw = e % Cw, t = e / Cw;
-    const int64_t j = t % g.Wo, i = t / g.Wo % g.Ho, n = t / (g.Wo * g.Ho);
+    // Each 64-bit division is a call whose clobbers made ptxas spill on sm_90: one per index,
+    // remainders by multiplication.
+    const int64_t t = e / Cw, cw = e - t * Cw;
+    const int64_t r = t / g.Wo, j = t - r * g.Wo, n = r / g.Ho, i = r - n * g.Ho;
     uint64_t acc = fill;
     for (int q = 0; q < K; ++q) {
       const uint64_t m = __ldg(masks + int64_t(q) * Cw + cw);
@@ -240,18 +258,22 @@ cudaError_t bool_conv2d(const uint64_t* x, const uint64_t* pos, int Pp, const ui
   if (pixels <= 0 || O <= 0) return cudaSuccess;
   const int P = Pp + Pn;
   if (Pp < 0 || Pn < 0 || P > 62) return cudaErrorInvalidValue;
+  if (g.Cw * g.kh * g.kw * P * 64 >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
   const int64_t blocks = ceil_div<int64_t>(pixels, kThreads);
-  // Quarter words when whole words would leave SMs idle (few pixels, few output words).
-  const bool quarter = blocks * Ow < 2 * int64_t(device_sms());
+  // |sum| <= S = 64 * Cw * kh * kw * (2^max(Pp, Pn) - 1): int32 counters when S < 2^30, so that
+  // sum - threshold, the threshold clamped to +-(S + 1), stays below 2^31 in magnitude.
+  const int maxp = Pp > Pn ? Pp : Pn;
+  const bool narrow = maxp < 30 && 64 * g.Cw * g.kh * g.kw < (int64_t(1) << (30 - maxp));
+  const int64_t limit = narrow ? 64 * g.Cw * g.kh * g.kw * ((int64_t(1) << maxp) - 1) + 1 : 0;
+  // Quarter words when whole words would leave SMs idle (few pixels, few output words), and always
+  // with int64 counters: 64 of them would take 128 registers a thread, and spill.
+  const bool quarter = !narrow || blocks * Ow < 2 * int64_t(device_sms());
   const int64_t parts = Ow * (quarter ? 4 : 1);
   if (parts > 65535 || blocks > int64_t(0x7fffffff)) return cudaErrorInvalidConfiguration;
   const dim3 grid{unsigned(blocks), unsigned(parts), 1u};
-  // |sum| <= 64 * Cw * kh * kw * (2^max(Pp, Pn) - 1): int32 counters when that is below 2^31.
-  const int maxp = Pp > Pn ? Pp : Pn;
-  const bool narrow = maxp < 31 && 64 * g.Cw * g.kh * g.kw < (int64_t(1) << (31 - maxp));
   auto kernel = narrow ? (quarter ? bool_conv_kernel<int32_t, 16> : bool_conv_kernel<int32_t, 64>)
-                       : (quarter ? bool_conv_kernel<int64_t, 16> : bool_conv_kernel<int64_t, 64>);
-  kernel<<<grid, kThreads, 0, stream>>>(x, pos, Pp, neg, Pn, threshold, O, g, out);
+                       : bool_conv_kernel<int64_t, 16>;
+  kernel<<<grid, kThreads, 0, stream>>>(x, pos, Pp, neg, Pn, threshold, O, limit, g, out);
   return cudaGetLastError();
 }
 

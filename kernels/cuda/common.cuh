@@ -1,16 +1,6 @@
 // Device helpers shared by tropfx's CUDA kernels. Torch-free: plain CUDA C++ on raw pointers.
 #pragma once
 
-// The sparse kernels assert (on the device) that indices are in range, as torch's index kernels
-// do; keep assert() alive whatever the build's NDEBUG.
-#ifdef NDEBUG
-#undef NDEBUG
-#include <cassert>
-#define NDEBUG
-#else
-#include <cassert>
-#endif
-
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,6 +15,13 @@ constexpr int kThreads = 256;  // threads per block of the elementwise and gathe
 
 __device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
 __device__ __forceinline__ float neg_inf() { return __int_as_float(static_cast<int>(0xff800000u)); }
+
+// A last-resort device check (the bindings validate indices on the host first): a failed one traps,
+// which aborts the kernel and poisons the CUDA context as a device-side assert would. Not assert():
+// its __assertfail is a call, and the registers live across a call spilled on sm_90.
+__device__ __forceinline__ void device_check(bool ok) {
+  if (!ok) __trap();
+}
 
 // +-v: min-plus runs as the max-plus of negated operands (negation is exact).
 __device__ __forceinline__ float signed_(float v, bool neg) { return neg ? -v : v; }

@@ -50,7 +50,7 @@ cudaError_t maxplus_backward(const float* grad, const int32_t* arg, float* grad_
 // ties, a NaN bias is the result); argmax j, or -1 for the bias.
 struct SparseArgs {
   const float* x;         // (outer, in, inner)
-  const int64_t* index;   // (out, k), entries in [0, in): checked on the device (assert)
+  const int64_t* index;   // (out, k), entries in [0, in): checked on the device (a trap)
   const float* value;     // (out, k)
   const float* bias;      // (out) or nullptr
   float* y;               // (outer, out, inner)

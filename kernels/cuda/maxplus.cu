@@ -53,8 +53,12 @@ struct Tiling {
 // Without argmax: 128 x 128 tiles, 8 x 8 per thread. With argmax the registers also hold the
 // maximum of the blocks so far (the first block reaching it lives in shared memory), so 8 x 4 per
 // thread, and the maxima are tracked per block of 32 inputs (2 tiles).
-using FastTiling = Tiling<128, 128, 16, 8, 8, 1, 2>;
-using ArgTiling = Tiling<128, 64, 16, 8, 4, 2, 2>;
+// One block per SM: capped at 128 registers (2 blocks), both kernels spilled in the main loop on
+// sm_90 (up to 572 B of local traffic a thread) and around dense_resolve's calls; uncapped they
+// take about 170 (fast) and 150 (argmax) registers, spill-free (tests/test_ptxas.py). Each thread
+// has 32-64 independent max-plus chains per shared load, so 8 warps per SM keep the ALUs busy.
+using FastTiling = Tiling<128, 128, 16, 8, 8, 1, 1>;
+using ArgTiling = Tiling<128, 64, 16, 8, 4, 2, 1>;
 
 static_assert(int64_t(ArgTiling::BK) * ArgTiling::TPB * 65536 == kMaxplusArgmaxInputs,
               "block indices are 16-bit");

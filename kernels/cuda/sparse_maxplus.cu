@@ -35,16 +35,23 @@ __device__ __forceinline__ void sparse_step(float t, int32_t j, float& best, int
   }
 }
 
-__device__ __forceinline__ int64_t checked_index(int64_t i, int64_t in) {
-  assert(i >= 0 && i < in && "tropfx::sparse_maxplus: index out of range");
-  return i;
+// An index in [0, in), else 0 with bad set: the caller traps once after its loop (device_check),
+// so the loop has one exit, and nothing past x is read before.
+__device__ __forceinline__ int64_t checked_index(int64_t i, int64_t in, bool& bad) {
+  const bool ok = uint64_t(i) < uint64_t(in);
+  bad |= !ok;
+  return ok ? i : 0;
 }
 
 // ------------------------------------------------------------------------------------------------
 // Rows layout.
 
+// Blocks per SM for __launch_bounds__: left to itself, ptxas aimed at 32 registers for R <= 4 and
+// spilled a few bytes; 6 blocks (<= 40 registers) and, for R = 16, 4 (<= 64) fit without spills.
+constexpr int rows_min_blocks(int R) { return R >= 16 ? 4 : 6; }
+
 template <int R, bool Smem>
-__global__ void __launch_bounds__(kThreads) sparse_rows_kernel(const SparseArgs a, const bool vec_x,
+__global__ void __launch_bounds__(kThreads, rows_min_blocks(R)) sparse_rows_kernel(const SparseArgs a, const bool vec_x,
                                                               const bool vec_k,
                                                               const int64_t outputs_per_block) {
   extern __shared__ __align__(16) float xs[];  // Smem: R rows of +-x, (R, in)
@@ -86,14 +93,15 @@ __global__ void __launch_bounds__(kThreads) sparse_rows_kernel(const SparseArgs 
     const float start = a.bias != nullptr ? signed_(__ldg(a.bias + o), neg) : neg_inf();
 #pragma unroll
     for (int r = 0; r < R; ++r) best[r] = start, arg[r] = a.bias != nullptr ? -1 : 0;
+    bool bad = false;
     int64_t j = 0;
     if (vec_k) {  // k % 4 == 0 and aligned rows: 2 x 16 bytes of indices, 16 bytes of values
       for (; j < a.k; j += 4) {
         const longlong2 i01 = __ldg(reinterpret_cast<const longlong2*>(idx + j));
         const longlong2 i23 = __ldg(reinterpret_cast<const longlong2*>(idx + j + 2));
         const float4 v = __ldg(reinterpret_cast<const float4*>(val + j));
-        const int64_t ii[4] = {checked_index(i01.x, a.in), checked_index(i01.y, a.in),
-                               checked_index(i23.x, a.in), checked_index(i23.y, a.in)};
+        const int64_t ii[4] = {checked_index(i01.x, a.in, bad), checked_index(i01.y, a.in, bad),
+                               checked_index(i23.x, a.in, bad), checked_index(i23.y, a.in, bad)};
         const float vv[4] = {signed_(v.x, neg), signed_(v.y, neg), signed_(v.z, neg),
                              signed_(v.w, neg)};
 #pragma unroll
@@ -103,11 +111,12 @@ __global__ void __launch_bounds__(kThreads) sparse_rows_kernel(const SparseArgs 
       }
     }
     for (; j < a.k; ++j) {
-      const int64_t i = checked_index(__ldg(idx + j), a.in);
+      const int64_t i = checked_index(__ldg(idx + j), a.in, bad);
       const float v = signed_(__ldg(val + j), neg);
 #pragma unroll
       for (int r = 0; r < R; ++r) sparse_step(x_at(r, i) + v, int32_t(j), best[r], arg[r]);
     }
+    device_check(!bad);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (r >= rows) break;
@@ -182,11 +191,13 @@ __global__ void __launch_bounds__(kThreads) sparse_cols_kernel(const SparseArgs 
     const float* val = a.value + o * a.k;
     float best = a.bias != nullptr ? signed_(__ldg(a.bias + o), neg) : neg_inf();
     int32_t arg = a.bias != nullptr ? -1 : 0;
+    bool bad = false;
     for (int64_t j = 0; j < a.k; ++j) {
-      const int64_t i = checked_index(__ldg(idx + j), a.in);  // warp-uniform: one broadcast load
+      const int64_t i = checked_index(__ldg(idx + j), a.in, bad);  // warp-uniform: one broadcast load
       const float xv = Smem ? xs[i * kColumns + lane] : signed_(__ldg(xc + i * a.inner), neg);
       sparse_step(xv + signed_(__ldg(val + j), neg), int32_t(j), best, arg);
     }
+    device_check(!bad);
     if (valid) {
       const int64_t at = (n * a.out + o) * a.inner + s;
       a.y[at] = signed_(best, neg);
@@ -226,9 +237,11 @@ __global__ void sparse_backward_kernel(const float* __restrict__ g, const int32_
     const float v = signed_(g[e], neg);
     if (j >= 0) {
       if (j < k) {
-        const int64_t i = checked_index(__ldg(index + o * k + j), in);
+        bool bad = false;
+        const int64_t i = checked_index(__ldg(index + o * k + j), in, bad);
         atomicAdd(gx + (n * in + i) * inner + s, v);
         atomicAdd(gv + o * k + j, v);
+        device_check(!bad);
       }
     } else if (gb != nullptr) {
       atomicAdd(gb + o, v);
