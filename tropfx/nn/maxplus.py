@@ -185,6 +185,14 @@ def _product_cost(fn, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
     return {"maxplus": out.numel() * (stored.shape[1] + (bound.get("bias") is not None))}
 
 
+def _diagonal_cost(fn, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
+    """``diagonal_maxplus(x, value, bias)``: one (add, max) pair per output, one more for the bias."""
+    bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    return {"maxplus": out.numel() * (1 + (bound.get("bias") is not None))}
+
+
 for _fn in (TF.maxplus, TF.minplus, TF.sparse_maxplus, TF.sparse_minplus):
     register_cost(_fn)(_product_cost)
+for _fn in (TF.diagonal_maxplus, TF.diagonal_minplus):
+    register_cost(_fn)(_diagonal_cost)
 register_cost(TF.maxout)(lambda fn, args, kwargs, out: {"maxplus": out.numel() * args[1]})

@@ -24,12 +24,14 @@ window whose maximum is ``-inf`` and whose first element is padding sends its gr
 (i.e. drops it), where max pooling picks its first input element; a window lying wholly in the
 padding is ``-inf`` and has no gradient at all.
 
-Memory: windows are strided views of the (padded) input; the ``x + w`` terms of at most
-``chunk_elements`` (default :data:`CHUNK_ELEMENTS`) window entries exist at a time, blocks being taken
-over output channels, then output rows, then the batch. A block is never smaller than one output row
-of one sample and one output channel (``W_out * C_in * K`` entries for the full form), so the largest
-intermediate has ``max(chunk_elements, W_out * C_in * K)`` entries, besides the padded input (and, in
-the backward pass, one gradient of its size at a time) and the output.
+Memory and speed: a shift-and-max over the SE entries, in window order (as kornia computes
+morphology): each entry reads a strided view of the padded input, adds its weight and updates a
+running extreme -- and, when autograd needs it, a running argmax of one byte per output (two for
+windows over 256 entries) -- so the intermediates are of the size of the output, never ``window x
+output``. Without autograd, a per-channel SE with one value per channel (what
+``maxpool_to_dilation`` produces) is ``F.max_pool`` plus that value, bitwise (rounding is
+monotone). ``chunk_elements`` is accepted for compatibility and bounds nothing any more: no
+intermediate exceeds the padded input or the output.
 """
 
 # No ``from __future__ import annotations``: torch.fx copies the root forward's annotations into the
@@ -60,7 +62,7 @@ __all__ = [
     "erosion2d",
 ]
 
-CHUNK_ELEMENTS = 2**24  # at most this many x + w terms are materialized at once (see module docs)
+CHUNK_ELEMENTS = 2**24  # kept for compatibility: shift-and-max needs no chunks (see module docs)
 INIT_NOISE = 0.01  # a fresh SE is U(-INIT_NOISE, INIT_NOISE): flat, with ties broken
 
 IntOrTuple = int | Sequence[int]
