@@ -26,6 +26,7 @@ from tropfx.errors import InputError, ParameterError
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "autocast_float32",
     "check_tropical",
     "diagonal_maxplus",
     "diagonal_minplus",
@@ -61,6 +62,22 @@ def check_tropical(weight: Tensor, bias: Tensor | None, *, name: str = "max-plus
             "-inf and no finite bias, so they are -inf for every input; give them a finite "
             "weight or bias (prune_l1 keeps one per row for this reason)"
         )
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def autocast_float32(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The layers' autocast policy: under ``torch.autocast`` (of the tensors' device), max-plus and
+    morphological products compute in float32, as autocast's own float32 ops (softmax, norms) do:
+    a bf16 / fp16 operand is cast up; a max of float32 terms is exact, and the next conv or linear
+    layer casts back down. Without autocast, or in float32 / float64, the tensors are returned
+    as they are (mixing dtypes then is the caller's error, as in torch)."""
+    first = next((t for t in tensors if t is not None), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type) or not any(
+            t is not None and t.dtype in _HALF for t in tensors):
+        return tensors
+    return tuple(None if t is None or not t.is_floating_point() else t.float() for t in tensors)
 
 
 def _chunk_rows(batch: int, out: int, inner: int, budget: int) -> tuple[int, int]:
@@ -129,6 +146,7 @@ def maxplus(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise InputError(f"maxplus: x (..., {x.shape[-1]}) does not fit weight "
                          f"{tuple(weight.shape)} (out, in)")
+    x, weight, bias = autocast_float32(x, weight, bias)
     lead = x.shape[:-1]
     y = _MaxPlus.apply(x.reshape(math.prod(lead), x.shape[-1]), weight, bias, chunk_elements)
     return y.reshape(*lead, weight.shape[0])
@@ -152,6 +170,7 @@ def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
     ``k = 1`` there is nothing to reduce: one gather (none for the identity index of an exact ReLU
     rewrite) and :func:`diagonal_maxplus`'s element-wise max, with the same values and gradients.
     """
+    x, value, bias = autocast_float32(x, value, bias)
     out, k = index.shape
     if k == 1:
         if not _is_identity(index, x.shape[dim] if x.dim() else -1):
@@ -191,6 +210,7 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
     The same rules as the general product: the bias wins a tie (and a NaN bias wins), a NaN
     term wins over a number; the gradient goes to the winner only.
     """
+    x, value, bias = autocast_float32(x, value, bias)
     shape = [1] * x.dim()
     if x.dim():
         shape[dim] = -1

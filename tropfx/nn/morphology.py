@@ -47,6 +47,7 @@ from torch import Tensor, fx, nn
 
 from tropfx.errors import InputError, ParameterError
 from tropfx.measure import register_cost
+from tropfx.nn.functional import autocast_float32
 from tropfx.tracing import register_leaf
 
 __all__ = [
@@ -139,6 +140,8 @@ def _morphology(x: Tensor, weight: Tensor, nd: int, erode: bool, stride: IntOrTu
                 padding: IntOrTuple, dilation: IntOrTuple, ceil_mode: bool,
                 chunk_elements: int) -> Tensor:
     name = f"{'erosion' if erode else 'dilation'}{nd}d"
+    if isinstance(x, Tensor) and isinstance(weight, Tensor):
+        x, weight = autocast_float32(x, weight)  # the layers' policy under torch.autocast
     full = _check_tensors(name, x, weight, nd)
     stride = _as_tuple(name, "stride", stride, nd, minimum=1)
     padding = _as_tuple(name, "padding", padding, nd, minimum=0)
