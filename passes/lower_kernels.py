@@ -133,7 +133,8 @@ class LowerKernels(GraphPass):
     when the pass runs.
 
     Declines, with a reason: parameters or input not float32 / float64 (the kernels support no
-    other dtype); a layer called with other than one positional input; a layer with forward,
+    other dtype); a layer called with other than one positional input; a zero-width layer; a
+    layer with forward,
     pre-forward or backward hooks (a kernel call has no module to run them).
     """
 
@@ -152,6 +153,8 @@ class LowerKernels(GraphPass):
                     continue
                 reason = _decline_hooks(module) or _decline_dtype(
                     node, list(module.parameters(recurse=False)))
+                if not reason and any(p.numel() == 0 for p in module.parameters(recurse=False)):
+                    reason = "a zero-width layer (no inputs or channels): the kernels need one"
                 if not reason and (len(node.args) != 1 or node.kwargs):
                     reason = "called with other than one positional input"
                 if reason:

@@ -262,3 +262,34 @@ def test_dense_empty_batch_and_zero_width(batch, inner, out, bias, cls):
         assert torch.equal(y, layer.bias.detach().expand(batch, out))
     y.sum().backward()
     assert x.grad.shape == x.shape and layer.weight.grad.shape == layer.weight.shape
+
+
+def test_flat_and_identity_layers_draw_nothing_from_the_global_rng():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    flat = TM.Dilation2d.flat(4, kernel_size=3, stride=2, padding=1)
+    ero = TM.Erosion1d.flat(2, 3, kernel_size=2, dtype=torch.float64)
+    ident = SparseMaxPlus.identity(5, dim=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.equal(flat.weight, torch.zeros(4, 3, 3)) and ero.weight.dtype == torch.float64
+    assert not ero.weight.any() and flat.weight.device.type == "cpu"
+    x = torch.randn(2, 5, 3)
+    assert torch.equal(ident(x), torch.relu(x)) and ident.k == 1
+
+
+def test_binary_layers_take_empty_batches_and_zero_width():
+    from tropfx.nn import BinaryLinear, BinaryMorphology2d, ThresholdedConv2d
+
+    cases = [(ThresholdedConv2d(torch.ones(2, 3, 3, 3), 2), torch.zeros(0, 3, 5, 5), (0, 2, 3, 3)),
+             (ThresholdedConv2d(torch.ones(0, 3, 3, 3), []), torch.zeros(2, 3, 5, 5), (2, 0, 3, 3)),
+             (BinaryMorphology2d(torch.ones(3, 3, 3, dtype=torch.bool)), torch.zeros(0, 3, 5, 5),
+              (0, 3, 5, 5)),
+             (BinaryMorphology2d(torch.ones(0, 3, 3, dtype=torch.bool)), torch.zeros(2, 0, 5, 5),
+              (2, 0, 5, 5)),
+             (BinaryLinear(torch.ones(4, 6), 2), torch.zeros(0, 6), (0, 4)),
+             (BinaryLinear(torch.ones(0, 6), []), torch.zeros(3, 6), (3, 0)),
+             (BinaryLinear(torch.ones(4, 0), 0), torch.zeros(3, 0), (3, 4))]
+    for layer, x, shape in cases:
+        assert tuple(layer(x).shape) == shape, layer
+    assert BinaryLinear(torch.ones(4, 0), 0)(torch.zeros(3, 0)).all()  # 0 >= 0: every sum is 0

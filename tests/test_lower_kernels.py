@@ -243,3 +243,12 @@ def test_hooked_layers_are_not_lowered_but_skipped_with_the_reason():
     assert "forward hooks" in skipped["mp"] and "forward pre hooks" in skipped["dil"]
     assert module_types(cm).count("MaxPlus") == 1
     torch.testing.assert_close(cm(x), model(x), rtol=0, atol=0)
+
+
+def test_zero_width_layers_stay_references_and_empty_batches_run():
+    model = nn.Sequential(MaxPlus(0, 3), nn.Unflatten(1, (3, 1, 1)), Dilation2d(3, kernel_size=1),
+                          nn.Flatten(), SparseMaxPlus(3, 2, k=2))
+    x = torch.zeros(4, 0)
+    cm = tropfx.compile(model, [tp.lower_kernels()], example_inputs=(x,))
+    assert [s.node for s in cm.report[-1].skipped] == ["_0"]
+    assert torch.equal(cm(x), model(x)) and cm(torch.zeros(0, 0)).shape == (0, 2)

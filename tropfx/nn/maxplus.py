@@ -104,6 +104,20 @@ class SparseMaxPlus(nn.Module):
         return fn(x, self.index, self.value, self.bias, dim=self.dim)
 
     @classmethod
+    def identity(cls, features: int, *, dim: int = -1, bias: bool = True,
+                 dtype: torch.dtype | None = None) -> "SparseMaxPlus":
+        """``y_c = max(x_c + 0, b_c)`` with ``b = 0``: output ``c`` reads input ``c`` alone with
+        weight 0 (``k = 1``). For the max-plus class and ``bias=True`` this is ReLU, gradient
+        included (the bias wins the tie at 0). Draws nothing from torch's global RNG."""
+        layer = cls(features, features, 1, bias, dim=dim, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            layer.index.copy_(torch.arange(features)[:, None])
+            layer.value.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+        return layer if dtype is None else layer.to(dtype)
+
+    @classmethod
     def from_dense(cls, weight: Tensor, bias: Tensor | None = None, *, dim: int = -1
                    ) -> "SparseMaxPlus":
         """The sparse layer with the same function as dense ``weight`` (out, in), whose inactive

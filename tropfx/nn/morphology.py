@@ -404,8 +404,10 @@ class _Morphology(nn.Module):
 
     @classmethod
     def flat(cls, *args, **kwargs) -> "_Morphology":
-        """The same module with an all-zero SE: with ``out_channels=None``, a max (min) pooling."""
-        module = cls(*args, **kwargs)
+        """The same module with an all-zero SE: with ``out_channels=None``, a max (min) pooling.
+        Draws nothing from torch's global RNG (the noise would be overwritten anyway)."""
+        kwargs.setdefault("device", "cpu")
+        module = nn.utils.skip_init(cls, *args, **kwargs)  # built on "meta": no random init
         nn.init.zeros_(module.weight)
         return module
 
