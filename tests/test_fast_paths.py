@@ -293,3 +293,50 @@ def test_binary_layers_take_empty_batches_and_zero_width():
     for layer, x, shape in cases:
         assert tuple(layer(x).shape) == shape, layer
     assert BinaryLinear(torch.ones(4, 0), 0)(torch.zeros(3, 0)).all()  # 0 >= 0: every sum is 0
+
+
+def test_parameter_checks_are_remembered_until_the_parameters_change():
+    from tropfx.errors import ParameterError
+
+    layer = SparseMaxPlus.identity(3)
+    x = torch.randn(2, 3)
+    layer(x)
+    with torch.no_grad():
+        layer.value[1] = math.nan  # in place: a new version
+    with pytest.raises(ParameterError, match="NaN"):
+        layer(x)
+    layer.value.data = torch.zeros(3, 1)  # a swapped storage
+    layer(x)
+    layer.value.data = torch.full((3, 1), math.inf)
+    with pytest.raises(ParameterError, match=r"\+inf"):
+        layer(x)
+    layer.value.data = torch.zeros(3, 1)
+    with torch.no_grad():
+        layer.index[0, 0] = 1  # not the identity any more: the general gather
+    assert torch.equal(layer(x)[:, 0], torch.maximum(x[:, 1], torch.zeros(2)))
+
+
+def test_the_value_path_follows_bias_changes():
+    x = torch.tensor([[-1.0, 0.0, -0.0, 2.0]])
+    index, value = torch.arange(4)[:, None], torch.zeros(4, 1)
+    bias = torch.zeros(4)
+    general = _general(x, index, value, bias, -1, False)
+    assert_bitwise(TF.sparse_maxplus(x, index, value, bias), general)
+    bias[1] = -0.0  # a -0 bias: the exact where path, remembered per version
+    assert_bitwise(TF.sparse_maxplus(x, index, value, bias), _general(x, index, value, bias, -1, False))
+    bias.fill_(1.0)
+    assert TF.sparse_maxplus(x, index, value, bias).tolist() == [[1.0, 1.0, 1.0, 2.0]]
+
+
+def test_se_checks_are_remembered_until_the_se_changes():
+    from tropfx.errors import ParameterError
+
+    layer = TM.Dilation2d.flat(2, kernel_size=2)
+    x = torch.randn(1, 2, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(layer(x), torch.nn.functional.max_pool2d(x, 2, 1))  # the flat path
+        layer.weight[0, 0, 0] = 1.0  # no longer flat: shift-and-max
+        assert_bitwise(layer(x), R.dilation2d_reference(x, layer.weight, (1, 1), (0, 0), (1, 1))[0])
+        layer.weight[1, 1, 1] = math.nan
+    with pytest.raises(ParameterError, match="NaN"):
+        layer(x)

@@ -197,7 +197,14 @@ def _is_identity(index: Tensor, size: int) -> bool:
     torch.export trace (a data-dependent branch): the gather then stays, and inductor fuses it."""
     if index.shape[0] != size or torch.compiler.is_compiling():
         return False
-    return bool(torch.equal(index[:, 0], torch.arange(size, device=index.device)))
+    key = (index._version, index.data_ptr(), size)  # remembered per version, as the layers'
+    known = getattr(index, "_tropfx_identity", None)  # parameter checks are
+    if known is not None and known[0] == key:
+        return known[1]
+    result = bool(torch.equal(index[:, 0], torch.arange(size, device=index.device)))
+    if not isinstance(index, torch.fx.Proxy):
+        index._tropfx_identity = (key, result)
+    return result
 
 
 def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
@@ -218,8 +225,37 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
     if bias is None:
         return term
     b = bias.to(term.dtype).reshape(shape)
+    zero = None if _needs_grad(term, b) else _zero_signs(bias, term.dtype)
+    if zero is not None:
+        # Values only: torch.maximum (several times faster than torch.where on the CPU) is the
+        # same max except for which of two tied zeros it returns; the bias holds no -0 (checked),
+        # so adding +0 where the bias is 0 makes such a tie +0, the bias's own zero, and adding -0
+        # elsewhere changes nothing (x + -0 == x for every x, zeros included).
+        return torch.maximum(term, b, out=term).add_(zero.reshape(shape))
     take = (b >= term) | b.isnan()  # the bias sits first in the general product's window
     return torch.where(take, b, term)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _zero_signs(bias: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """+0 where the bias is 0, -0 elsewhere; None if the bias holds NaN or -0 (then the exact
+    where). Remembered on ``bias`` per version (a small tensor, but one check per call per layer
+    shows at batch 1). Not while torch.compile traces: a data-dependent branch (and inductor fuses
+    the where anyway)."""
+    if torch.compiler.is_compiling() or isinstance(bias, torch.fx.Proxy):
+        return None
+    key = (bias._version, bias.data_ptr(), dtype)
+    known = getattr(bias, "_tropfx_zero_signs", None)
+    if known is not None and known[0] == key:
+        return known[1]
+    b = bias.detach()
+    plain = not bool((b.isnan() | ((b == 0) & b.signbit())).any())
+    zero = torch.where(b == 0, 0.0, -0.0).to(dtype) if plain else None
+    bias._tropfx_zero_signs = (key, zero)
+    return zero
 
 
 def _row_major(shape: torch.Size) -> tuple[int, ...]:

@@ -25,9 +25,26 @@ __all__ = ["MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]
 
 
 def check_parameters(weight: Tensor, bias: Tensor | None, sign: float, name: str) -> None:
-    """:func:`tropfx.nn.functional.check_tropical` of the layer's max-plus form."""
+    """:func:`tropfx.nn.functional.check_tropical` of the layer's max-plus form, once per version
+    of the parameters: the result is remembered on ``weight`` with the tensors' version counters
+    and storage pointers (an optimizer step, ``copy_`` or ``load_state_dict`` bumps the counter, a
+    ``.data =`` swap moves the storage), so a forward pass re-checks only what changed. Inference
+    then does not pay several small reductions per layer per call."""
+    if torch.compiler.is_compiling():  # check_tropical is skipped there too
+        return
+    key = _versions(weight, bias, sign)
+    if getattr(weight, "_tropfx_checked", None) == key:
+        return
     TF.check_tropical(sign * weight.detach(), None if bias is None else sign * bias.detach(),
                       name=name)
+    weight._tropfx_checked = key
+
+
+def _versions(weight: Tensor, bias: Tensor | None, sign: float) -> tuple:
+    parts = [sign, weight._version, weight.data_ptr(), tuple(weight.shape)]
+    if bias is not None:
+        parts += [id(bias), bias._version, bias.data_ptr()]
+    return tuple(parts)
 
 
 # A leaf for torch.fx: the check runs at call time instead of branching during tracing.

@@ -38,7 +38,7 @@ intermediate exceeds the padded input or the output.
 # code it generates, and string annotations make the traced module unpicklable.
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -200,7 +200,7 @@ def _check_tensors(name: str, x: Tensor, weight: Tensor, nd: int) -> bool:
         raise InputError(f"{name}: weight {tuple(weight.shape)} has an empty kernel")
     # +inf in the SE meets the infinite padding (or an -inf input) and makes NaN. A value check:
     # skipped while torch.compile / torch.export trace (it would be a data-dependent branch).
-    if not torch.compiler.is_compiling() and bool(torch.isnan(weight).any() | torch.isposinf(weight).any()):
+    if not torch.compiler.is_compiling() and not _weight_fact(weight, "finite", _finite_or_off):
         raise ParameterError(f"{name}: the structuring element holds NaN or +inf; its entries must "
                              "be finite, or -inf to switch an entry off")
     return full
@@ -252,8 +252,26 @@ def _is_flat(weight: Tensor) -> bool:
     torch.compile / torch.export trace: that would be a data-dependent branch."""
     if torch.compiler.is_compiling():
         return False
-    first = weight.flatten(1)[:, :1]
-    return bool((weight.flatten(1) == first).all())
+    return _weight_fact(weight, "flat", _flat_rows)
+
+
+def _flat_rows(weight: Tensor) -> bool:
+    return bool((weight.flatten(1) == weight.flatten(1)[:, :1]).all())
+
+
+def _finite_or_off(weight: Tensor) -> bool:
+    return not bool(torch.isnan(weight).any() | torch.isposinf(weight).any())
+
+
+def _weight_fact(weight: Tensor, name: str, fact: Callable[[Tensor], bool]) -> bool:
+    """``fact(weight)``, remembered on the SE tensor per version and storage (an optimizer step
+    or ``copy_`` bumps the version, a ``.data =`` swap moves the storage): a forward pass does
+    not pay a device sync per check per layer once the SE is known."""
+    key = (weight._version, weight.data_ptr())
+    memo = weight.__dict__.setdefault("_tropfx_facts", {})
+    if memo.get(name, (None,))[0] != key:
+        memo[name] = (key, fact(weight.detach()))
+    return memo[name][1]
 
 
 _POOL = {1: F.max_pool1d, 2: F.max_pool2d}
