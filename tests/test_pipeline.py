@@ -428,3 +428,19 @@ def test_hooked_custom_submodules_stay_leaves_so_their_hooks_run():
     seen.clear()
     cm(X)
     assert seen == [torch.Size([2, 4, 3, 3])]  # tracing through Block would have dropped it
+
+
+def test_a_pass_that_carries_the_hooks_over_to_a_replacement_is_fine():
+    model = small_net()
+    model[2].register_forward_hook(lambda m, i, o: o * 2)
+
+    @tropfx.graph_pass("swap_relu", exact=True)
+    def swap_relu(gm):
+        new = nn.ReLU()
+        old = gm.get_submodule("2")
+        new._forward_hooks.update(old._forward_hooks)
+        gm.add_submodule("2", new)
+        return tropfx.PassResult(gm, True)
+
+    cm = tropfx.compile(model, [swap_relu], example_inputs=(X,))
+    torch.testing.assert_close(cm(X), model(X))

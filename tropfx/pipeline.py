@@ -202,8 +202,10 @@ def _run_pass(p: Pass, info: PassInfo, gm: fx.GraphModule, done: list[str]) -> P
         out.recompile()
     except Exception as exc:
         raise PassError(f"{where}: it left an invalid graph: {exc}") from exc
-    lost = {path: kinds for key, (path, kinds) in hooked.items()
-            if key not in _called_hooked_modules(out)}
+    # a module is lost when its hooks no longer run: neither it nor a replacement that carries
+    # the same hook functions over is called any more
+    running = {h for hooks, _, _ in _called_hooked_modules(out).values() for h in hooks}
+    lost = {path: kinds for hooks, path, kinds in hooked.values() if not hooks <= running}
     if lost:
         named = ", ".join(f"module {path!r} ({kinds} hooks)" for path, kinds in lost.items())
         raise PassError(
@@ -224,8 +226,9 @@ def _hook_kinds(module: nn.Module) -> str:
     return " and ".join(kinds)
 
 
-def _called_hooked_modules(gm: fx.GraphModule) -> dict[int, tuple[str, str]]:
-    """``id(module) -> (path, hook kinds)`` of the hooked modules that the graph calls."""
+def _called_hooked_modules(gm: fx.GraphModule) -> dict[int, tuple[frozenset, str, str]]:
+    """``id(module) -> (ids of its hook functions, path, hook kinds)`` of the hooked modules that
+    the graph calls."""
     called = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -234,7 +237,10 @@ def _called_hooked_modules(gm: fx.GraphModule) -> dict[int, tuple[str, str]]:
             except AttributeError:
                 continue  # the lint reports a call of a missing module
             if _hook_kinds(module):
-                called[id(module)] = (node.target, _hook_kinds(module))
+                hooks = frozenset(id(h) for d in (module._forward_hooks, module._forward_pre_hooks,
+                                                  module._backward_hooks,
+                                                  module._backward_pre_hooks) for h in d.values())
+                called[id(module)] = (hooks, node.target, _hook_kinds(module))
     return called
 
 
