@@ -126,13 +126,14 @@ class SparseMaxPlus(nn.Module):
         """``y_c = max(x_c + 0, b_c)`` with ``b = 0``: output ``c`` reads input ``c`` alone with
         weight 0 (``k = 1``). For the max-plus class and ``bias=True`` this is ReLU, gradient
         included (the bias wins the tie at 0). Draws nothing from torch's global RNG."""
-        layer = cls(features, features, 1, bias, dim=dim, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            layer.index.copy_(torch.arange(features)[:, None])
-            layer.value.zero_()
-            if layer.bias is not None:
-                layer.bias.zero_()
-        return layer if dtype is None else layer.to(dtype)
+        layer = cls.__new__(cls)  # not __init__: its random draw (features x features) is wasted
+        nn.Module.__init__(layer)
+        layer.in_features = layer.out_features = features
+        layer.k, layer.dim = 1, dim
+        layer.register_buffer("index", torch.arange(features)[:, None])
+        layer.value = nn.Parameter(torch.zeros(features, 1, dtype=dtype))
+        layer.bias = nn.Parameter(torch.zeros(features, dtype=dtype)) if bias else None
+        return layer
 
     @classmethod
     def from_dense(cls, weight: Tensor, bias: Tensor | None = None, *, dim: int = -1
