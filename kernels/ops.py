@@ -488,6 +488,10 @@ def _register() -> None:
     for name in ("dilation2d", "erosion2d"):
         backward, setup = _morph_autograd(name)
         torch.library.register_autograd(f"tropfx::{name}", backward, setup_context=setup)
+    # The layers' autocast policy (tropfx.nn.functional.autocast_float32): compute in float32.
+    for name in ("maxplus", "sparse_maxplus", "dilation2d", "erosion2d"):
+        for device in ("cpu", "cuda"):
+            torch.library.register_autocast(f"tropfx::{name}", device, torch.float32)
     _REGISTERED.append(True)
 
 

@@ -71,8 +71,18 @@ def _dense(m: MaxPlus) -> Lowering:  # MinPlus too: min-plus is the max-plus wit
 
 @register_lowering(SparseMaxPlus)
 def _sparse(m: SparseMaxPlus) -> Lowering:
+    if _is_identity(m):  # max(x + v, b) per channel: element-wise torch ops, which torch.compile
+        # fuses into the producing conv as it does a ReLU (an opaque kernel call would block that)
+        fn = TF.diagonal_maxplus if m._sign > 0 else TF.diagonal_minplus
+        return Lowering(fn, ("value", _bias(m)), kwargs={"dim": m.dim})
     fn = K.sparse_maxplus if m._sign > 0 else K.sparse_minplus
     return Lowering(fn, ("index", "value", _bias(m)), kwargs={"dim": m.dim})
+
+
+def _is_identity(m: SparseMaxPlus) -> bool:
+    """Whether output ``o`` reads input ``o`` alone (an exact ReLU rewrite's layer)."""
+    return m.k == 1 and m.in_features == m.out_features and torch.equal(
+        m.index[:, 0].cpu(), torch.arange(m.out_features))
 
 
 def _morphology(fn: Callable) -> Callable[[nn.Module], Lowering]:
@@ -116,8 +126,16 @@ class LowerKernels(GraphPass):
     Their state_dict holds the packed weight planes instead of the integer weights. Inputs are read as
     ``x > 1/2`` as the layers read them, without the layers' NaN check and non-binary warning.
 
+    An identity ``SparseMaxPlus`` / ``SparseMinPlus`` with ``k = 1`` (what ``relu_to_maxplus``
+    makes of a ReLU) becomes :func:`tropfx.nn.functional.diagonal_maxplus` / ``diagonal_minplus``
+    instead, ``max(x + value, bias)`` as element-wise torch ops: bitwise the kernel's values, and
+    ``torch.compile`` fuses it into the producing convolution as it fuses a ReLU. Its index is read
+    when the pass runs.
+
     Declines, with a reason: parameters or input not float32 / float64 (the kernels support no
-    other dtype); a layer called with other than one positional input.
+    other dtype); a layer called with other than one positional input; a zero-width layer; a
+    layer with forward,
+    pre-forward or backward hooks (a kernel call has no module to run them).
     """
 
     name: ClassVar[str] = "lower_kernels"
@@ -133,7 +151,10 @@ class LowerKernels(GraphPass):
                 lower = _lowering_for(module)
                 if lower is None:
                     continue
-                reason = _decline_dtype(node, list(module.parameters(recurse=False)))
+                reason = _decline_hooks(module) or _decline_dtype(
+                    node, list(module.parameters(recurse=False)))
+                if not reason and any(p.numel() == 0 for p in module.parameters(recurse=False)):
+                    reason = "a zero-width layer (no inputs or channels): the kernels need one"
                 if not reason and (len(node.args) != 1 or node.kwargs):
                     reason = "called with other than one positional input"
                 if reason:
@@ -171,6 +192,9 @@ def _lower_binary(gm: fx.GraphModule, stats: PassStats) -> None:
         layer = gm.get_submodule(node.target)
         if not isinstance(layer, BINARY_LAYERS) and node.target not in made:
             continue
+        if node.target not in made and _decline_hooks(layer):
+            stats.skip(node, _decline_hooks(layer))
+            continue
         if len(node.args) != 1 or node.kwargs:
             if node.target in made:  # another call of a layer already lowered: keep its semantics
                 raise PassError(f"lower_kernels: module {node.target} is called both with one input "
@@ -202,6 +226,18 @@ def _lower_binary(gm: fx.GraphModule, stats: PassStats) -> None:
     for out in unpacks:  # between two lowered layers the bits stay packed
         if not out.users:
             gm.graph.erase_node(out)
+
+
+def _decline_hooks(module: nn.Module) -> str:
+    """A module with hooks stays a module: a kernel call would drop them silently."""
+    kinds = [kind for kind, hooks in (("forward", module._forward_hooks),
+                                      ("forward pre", module._forward_pre_hooks),
+                                      ("backward", module._backward_hooks),
+                                      ("backward pre", module._backward_pre_hooks)) if hooks]
+    if kinds:
+        return (f"it has {' and '.join(kinds)} hooks, which a kernel call would drop; remove "
+                "them before compiling, or keep the layer unlowered")
+    return ""
 
 
 def _decline_dtype(node: fx.Node, tensors: list[torch.Tensor]) -> str:

@@ -131,8 +131,10 @@ def test_torch_compile_traces_the_ops():
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(cm, backend=recording)(x), cm(x))
-    assert any("tropfx.sparse_maxplus" in t for t in seen)
     assert any("tropfx.dilation2d" in t for t in seen)
+    # the exact ReLU rewrites are element-wise torch ops, which inductor can fuse, not opaque ops
+    assert not any("tropfx.sparse_maxplus" in t for t in seen)
+    assert any("where" in t for t in seen)
     # AOTAutograd (fake tensors, the autograd formulas) in training
     x.requires_grad_()
     out = torch.compile(cm, backend="aot_eager")(x)
@@ -148,7 +150,7 @@ def test_torch_export_keeps_the_ops():
     _, cm = lowered_cnn(x)
     ep = torch.export.export(cm, (x,))
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert {"tropfx.sparse_maxplus.default", "tropfx.dilation2d.default"} <= targets
+    assert {"tropfx.dilation2d.default", "aten.where.self"} <= targets
     assert torch.equal(ep.module()(x), cm(x))
     buf = io.BytesIO()  # and the exported program saves and reloads with identical outputs
     torch.export.save(ep, buf)
@@ -205,3 +207,48 @@ def test_no_tropical_nodes_no_change():
     cm = tropfx.compile(nn.Sequential(nn.Linear(3, 3)), [tp.lower_kernels()],
                         example_inputs=(torch.randn(2, 3),))
     assert not cm.report[1].modified and cm.report[1].rewritten == []
+
+
+def test_identity_maxplus_is_lowered_to_element_wise_ops_bitwise():
+    """An exact ReLU rewrite's SparseMaxPlus(k=1) becomes diagonal_maxplus, not an opaque kernel
+    call (torch.compile fuses it into the conv, as a ReLU); values, gradients, counts unchanged."""
+    x = torch.randn(4, 3, 10, 10)
+    model = cnn(2)
+    cm = tropfx.compile(model, [tp.relu_to_maxplus(), tp.maxpool_to_dilation()], example_inputs=(x,))
+    lowered = tropfx.compile(cm, [tp.lower_kernels()], example_inputs=(x,))
+    targets = call_targets(lowered)
+    assert targets.count(TF.diagonal_maxplus) == 3 and K.sparse_maxplus not in targets
+    assert lowered.report[-1].counts == cm.report[-1].counts
+    rows = lowered.report[-1].rewritten
+    assert sum("diagonal_maxplus" in r for r in rows) == 3
+    assert torch.equal(lowered(x), cm(x))
+    up = torch.randint(-3, 4, (4, 5)).float()
+    grads = []
+    for m in (cm, lowered):
+        a = x.clone().requires_grad_()
+        m(a).backward(up)
+        grads.append({"x": a.grad, **{k: p.grad for k, p in m.named_parameters()}})
+    assert grads[0].keys() == grads[1].keys()
+    for key, want in grads[0].items():  # the pooling kernel sums its gradients in its own order
+        torch.testing.assert_close(grads[1][key], want, rtol=1e-5, atol=1e-7)
+
+
+def test_hooked_layers_are_not_lowered_but_skipped_with_the_reason():
+    model = Tropical()
+    model.mp.register_forward_hook(lambda m, i, o: o * 2)
+    model.dil.register_forward_pre_hook(lambda m, i: None)
+    x = torch.randn(2, 3, 6, 9)
+    cm = tropfx.compile(model, [tp.lower_kernels()], example_inputs=(x,))
+    skipped = {s.node: s.reason for s in cm.report[-1].skipped}
+    assert "forward hooks" in skipped["mp"] and "forward pre hooks" in skipped["dil"]
+    assert module_types(cm).count("MaxPlus") == 1
+    torch.testing.assert_close(cm(x), model(x), rtol=0, atol=0)
+
+
+def test_zero_width_layers_stay_references_and_empty_batches_run():
+    model = nn.Sequential(MaxPlus(0, 3), nn.Unflatten(1, (3, 1, 1)), Dilation2d(3, kernel_size=1),
+                          nn.Flatten(), SparseMaxPlus(3, 2, k=2))
+    x = torch.zeros(4, 0)
+    cm = tropfx.compile(model, [tp.lower_kernels()], example_inputs=(x,))
+    assert [s.node for s in cm.report[-1].skipped] == ["_0"]
+    assert torch.equal(cm(x), model(x)) and cm(torch.zeros(0, 0)).shape == (0, 2)

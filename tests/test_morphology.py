@@ -317,7 +317,8 @@ BAD = [
     (lambda: dilation2d(X2, torch.full((3, 2, 2), torch.inf)), ParameterError, r"\+inf"),
     (lambda: erosion2d(X2, torch.full((3, 2, 2), torch.inf)), ParameterError, r"\+inf"),
     (lambda: Dilation2d(3, kernel_size=0), InputError, "kernel_size"),
-    (lambda: Erosion1d(0), InputError, "in_channels"),
+    (lambda: Erosion1d(-1), InputError, "in_channels"),
+    (lambda: Dilation2d(2, 3.0), InputError, "out_channels"),
 ]
 
 

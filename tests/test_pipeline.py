@@ -248,3 +248,199 @@ def test_tracing_itself_is_verified_against_the_eager_model():
                        example_inputs=(torch.randn(2, 3),))
     cm = tropfx.compile(small_net(), [], example_inputs=(X,))
     assert cm.report[0].max_abs_err == 0.0
+
+
+# --- element-wise verification, pinned at the default tolerances --------------------------------
+
+def perturb(rel: float, abs_: float):
+    """An "exact" pass that maps the output y to y * (1 + rel) + abs_."""
+
+    def run(gm: fx.GraphModule) -> tropfx.PassResult:
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        with gm.graph.inserting_before(out):
+            scaled = gm.graph.call_function(torch.mul, (out.args[0], 1.0 + rel))
+            shifted = gm.graph.call_function(torch.add, (scaled, abs_))
+        out.args = (shifted,)
+        return tropfx.PassResult(gm, True)
+
+    return tropfx.graph_pass("perturb", exact=True)(run)
+
+
+def wide_relu(dtype, scale):
+    """Outputs with exact zeros (ReLU) and entries up to ~``scale``: each tolerance term shows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU()).to(dtype)
+    with torch.no_grad():
+        model[0].weight.mul_(scale)
+        model[0].bias.mul_(scale)
+    return model, torch.randn(8, 4, dtype=dtype, generator=torch.Generator().manual_seed(2))
+
+
+# Literal values: a default tolerance 10x looser than these fails one of the cases below.
+PINS = [(torch.float32, 1e-5, 1e-7, 1e-6), (torch.float64, 1e-10, 1e-12, 1e-12)]
+
+
+@pytest.mark.parametrize("dtype,rtol,atol,ntol", PINS)
+def test_default_tolerances_are_pinned_at_their_boundary(dtype, rtol, atol, ntol):
+    small, x = wide_relu(dtype, 1e-3)
+    large, _ = wide_relu(dtype, 100.0)
+    top = large(x).detach().abs().max().item()
+    assert (small(x) == 0).any() and small(x).abs().max() < 1e-2 and top > 10
+    cases = [(small, 0.0, atol),  # atol: the exact zeros of a small-scale output
+             (large, rtol, 0.0),  # rtol: the largest entries
+             (large, 0.0, ntol * top)]  # ntol: the zeros of a large-scale output
+    for model, rel, abs_ in cases:
+        tropfx.compile(model, [perturb(rel / 2, abs_ / 2)], example_inputs=(x,))  # inside
+        with pytest.raises(VerificationError, match=r"output\[\d+, \d+\]: .* \(reference "):
+            tropfx.compile(model, [perturb(2 * rel, 2 * abs_)], example_inputs=(x,))
+
+
+def test_a_small_entry_wrong_by_a_large_relative_amount_fails():
+    """Normwise (atol + rtol * max|ref|) accepted this: one tiny entry doubled."""
+    model, x = wide_relu(torch.float32, 100.0)
+
+    def double_the_smallest(gm):
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        with gm.graph.inserting_before(out):
+            fixed = gm.graph.call_function(_double_smallest, (out.args[0],))
+        out.args = (fixed,)
+        return tropfx.PassResult(gm, True)
+
+    with pytest.raises(VerificationError, match="double_the_smallest"):
+        tropfx.compile(model, [tropfx.graph_pass(exact=True)(double_the_smallest)],
+                       example_inputs=(x,))
+
+
+@torch.fx.wrap
+def _double_smallest(y):
+    nonzero = y[y > 1e-3]
+    smallest = nonzero.min()
+    return torch.where(y == smallest, 2 * y, y)  # about 1e-3 off, where max|y| is ~100
+
+
+# --- inconclusive verification -------------------------------------------------------------------
+
+class Constant(nn.Module):
+    """Output independent of the input, as a random-init net whose activations collapsed."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(x) * 0.0 - 1.0)
+
+
+def test_outputs_that_ignore_the_inputs_make_verification_inconclusive():
+    x = torch.randn(4, 3)
+    with pytest.warns(tropfx.verify.VerificationWarning, match="inconclusive.*output row") as seen:
+        cm = tropfx.compile(Constant(), [tp.fuse_batchnorm(), tp.relu_to_maxplus()],
+                            example_inputs=(x,))
+    assert len(seen) == 1  # once per compile, not per stage
+    assert cm.report[0].info["verification"].startswith("inconclusive: every output row")
+    assert "verification:\n  traced: inconclusive" in str(cm.report)
+    # a batch of one: decided by a second, random draw of the input
+    with pytest.warns(tropfx.verify.VerificationWarning, match="redrawn at random"):
+        tropfx.compile(Constant(), [], example_inputs=(x[:1],))
+
+
+def test_outputs_that_depend_on_the_inputs_are_conclusive(recwarn):
+    for x in (X, X[:1]):
+        cm = tropfx.compile(small_net(), [tp.fuse_batchnorm()], example_inputs=(x,))
+        assert "verification" not in cm.report[0].info
+    assert not [w for w in recwarn if issubclass(w.category, tropfx.verify.VerificationWarning)]
+
+
+# --- the global RNG -------------------------------------------------------------------------------
+
+def test_compile_leaves_the_global_rng_untouched():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(2, 3, 4, 4)
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    tropfx.compile(model, [tp.relu_to_maxplus(), tp.maxpool_to_dilation(),
+                           tp.relu_to_maxplus("sparse")], example_inputs=(x,))
+    assert torch.equal(torch.rand(5), expected)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_too_many_example_inputs_is_an_input_error():
+    with pytest.raises(InputError, match=r"2 positional input\(s\).*Sequential\.forward"):
+        tropfx.compile(small_net(), [], example_inputs=(X, X))
+
+
+def test_meta_and_lazy_models_are_input_errors():
+    with pytest.raises(InputError, match=r"'weight' on the meta device.*to_empty"):
+        tropfx.compile(nn.Sequential(nn.Linear(3, 4, device="meta")), [], example_inputs=(X,))
+    with pytest.raises(InputError, match=r"module '1' \(LazyLinear\) has uninitialized"):
+        tropfx.compile(nn.Sequential(nn.ReLU(), nn.LazyLinear(4)), [],
+                       example_inputs=(torch.randn(2, 3),))
+
+
+@pytest.mark.parametrize("factory,args,kwargs,match", [
+    (tp.fuse_batchnorm, (), {"foo": 1}, r"fuse_batchnorm\(\): got an unexpected keyword argument 'foo'"),
+    (tp.relu_to_maxplus, ("exact", 2, 0, 5), {}, "too many positional arguments.*mode, k, seed"),
+    (tp.prune_l1, (), {"amount": 0.5}, "options of prune_l1 are ratio"),
+    (tp.lower_kernels, (1,), {}, "too many positional"),
+    (tp.maxpool_to_dilation, (), {"x": 1}, "unexpected keyword"),
+    (tp.tropnnc, (), {"ratios": 0.5}, "unexpected keyword"),
+    (tp.binarize_bise, (), {"mode": "x"}, "unexpected keyword"),
+])
+def test_bad_pass_options_are_input_errors_naming_the_pass(factory, args, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        factory(*args, **kwargs)
+
+
+# --- hooks ------------------------------------------------------------------------------------------
+
+def test_a_pass_that_drops_a_hooked_module_is_a_pass_error():
+    model = small_net()
+    model[1].register_forward_hook(lambda m, i, o: o + 1)  # the BatchNorm that fusion folds away
+
+    @tropfx.graph_pass("fold_naively", exact=False)
+    def fold_naively(gm):  # removes the BN call without looking at hooks
+        bn = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == "1")
+        bn.replace_all_uses_with(bn.args[0])
+        gm.graph.erase_node(bn)
+        return tropfx.PassResult(gm, True)
+
+    with pytest.raises(PassError, match=r"pass fold_naively .*module '1' \(forward hooks\)"):
+        tropfx.compile(model, [fold_naively], example_inputs=(X,))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def test_hooked_custom_submodules_stay_leaves_so_their_hooks_run():
+    model = nn.Sequential(Block(), nn.Flatten())
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    cm = tropfx.compile(model, [tp.relu_to_maxplus()], example_inputs=(X,))
+    seen.clear()
+    cm(X)
+    assert seen == [torch.Size([2, 4, 3, 3])]  # tracing through Block would have dropped it
+
+
+def test_a_pass_that_carries_the_hooks_over_to_a_replacement_is_fine():
+    model = small_net()
+    model[2].register_forward_hook(lambda m, i, o: o * 2)
+
+    @tropfx.graph_pass("swap_relu", exact=True)
+    def swap_relu(gm):
+        new = nn.ReLU()
+        old = gm.get_submodule("2")
+        new._forward_hooks.update(old._forward_hooks)
+        gm.add_submodule("2", new)
+        return tropfx.PassResult(gm, True)
+
+    cm = tropfx.compile(model, [swap_relu], example_inputs=(X,))
+    torch.testing.assert_close(cm(X), model(X))

@@ -344,3 +344,31 @@ def test_random_batchnorm_stats_is_deterministic() -> None:
 def test_batchnorm_stats_strategy(stats: BatchNormStats) -> None:
     assert all(t.shape == (6,) and torch.isfinite(t).all() for t in stats[:4])
     assert (stats.running_var > 0).all() and stats.eps in BN_EPS
+
+
+# --------------------------------------------------------------------------- boundary input values
+
+
+def test_input_values_draw_ties_signed_zeros_and_infinities() -> None:
+    from tropfx.testing.strategies import INPUT_VALUES
+
+    seen = {v: [] for v in INPUT_VALUES}
+    for case in draw_fixed(models(specials=True), 120):
+        header = case.spec[1]
+        seen[header[2] if len(header) > 2 else "normal"].append(case.inputs[0])
+    assert all(seen.values()), {k: len(v) for k, v in seen.items()}
+    grid = torch.cat([x.flatten() for x in seen["grid"]])
+    assert torch.equal(grid * 2, (grid * 2).round())  # halves: ties everywhere
+    assert ((grid == 0) & grid.signbit()).any() and ((grid == 0) & ~grid.signbit()).any()
+    special = torch.cat([x.flatten() for x in seen["specials"]])
+    assert torch.isposinf(special).any() and torch.isneginf(special).any()
+    assert all(torch.isfinite(x).all() for x in seen["grid"] + seen["normal"])
+    # without specials=True no infinity is drawn (the default for passes that are not exact on them)
+    assert all(torch.isfinite(c.inputs[0]).all() for c in draw_fixed(models(), 60))
+
+
+def test_the_values_token_replays() -> None:
+    spec = [("seed", 3), ("input", (2, 6), "specials"), ("linear", 6, 4, True)]
+    assert torch.equal(build_case(spec).inputs[0], build_case(spec).inputs[0])
+    with pytest.raises(ValueError, match="values"):
+        build_case([("seed", 3), ("input", (2, 6), "huge"), ("linear", 6, 4, True)])

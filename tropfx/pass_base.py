@@ -10,13 +10,17 @@ user function ``gm -> PassResult`` works as a pass too; it counts as not exact u
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import fx
 
-__all__ = ["GraphPass", "PassResult", "PassStats", "Skip", "graph_pass", "pass_info"]
+from tropfx.errors import InputError, TropfxError
+
+__all__ = ["GraphPass", "PassResult", "PassStats", "Skip", "checked_factory", "graph_pass",
+           "pass_info"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,29 @@ def pass_info(p: Callable) -> PassInfo:
         rtol=getattr(p, "rtol", None),
         atol=getattr(p, "atol", None),
     )
+
+
+def checked_factory(factory: Callable) -> Callable:
+    """A pass factory whose bad arguments raise :class:`~tropfx.errors.InputError` naming the
+    pass and its options, instead of Python's ``TypeError`` (``fuse_batchnorm(foo=1)``: "unexpected
+    keyword argument"). The factory's own checks raise InputErrors already; a ``TypeError`` or
+    ``ValueError`` escaping them (``ratio="half"`` compared with a number) is wrapped likewise."""
+    signature = inspect.signature(factory).replace(return_annotation=inspect.Signature.empty)
+    name = factory.__name__
+
+    @functools.wraps(factory)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InputError(f"{name}{signature}: {exc}; the options of {name} are "
+                             f"{', '.join(signature.parameters) or 'none'}") from exc
+        try:
+            return factory(*args, **kwargs)
+        except TropfxError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name}: bad option value ({type(exc).__name__}: {exc}); see "
+                             f"help(tropfx.passes.{name}) for what each option takes") from exc
+
+    return checked

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as _PRESERVED
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_flatten
 
 from tropfx.errors import InputError, PassError, VerificationError
@@ -24,7 +27,7 @@ from tropfx.measure import (
 from tropfx.pass_base import PassInfo, PassResult, PassStats, pass_info
 from tropfx.report import Report, StageRow
 from tropfx.tracing import trace
-from tropfx.verify import compare, default_tolerance
+from tropfx.verify import VerificationWarning, compare, default_ntol, default_tolerance
 
 __all__ = ["compile"]
 
@@ -60,7 +63,27 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
     Returns:
         The compiled ``torch.fx.GraphModule``; ``.graph`` is its graph, ``.report`` the
         :class:`tropfx.report.Report` with one row per stage.
+
+    Verification is element-wise (:mod:`tropfx.verify`). It proves little when the example outputs
+    do not depend on the inputs (a random-init network whose activations have collapsed): when
+    the outputs' rows are identical across a batch of different inputs, or the outputs do not
+    change on a second random draw of the inputs, the traced row's ``info["verification"]`` and
+    the printed report say it was inconclusive, and one :class:`tropfx.verify.VerificationWarning`
+    is issued.
+
+    The global random number generators (CPU and CUDA) are left as they were: whatever the
+    passes draw comes from a forked state. Submodules with forward / backward hooks are kept as
+    leaves; a pass that removes or replaces such a module fails with a :class:`PassError`.
     """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        return _compile(model, passes, example_inputs, verify, leaf_modules, concrete_args,
+                        evaluate)
+
+
+def _compile(model: nn.Module, passes: Sequence[Pass], example_inputs: Any, verify: bool | None,
+             leaf_modules: Iterable[str | type[nn.Module]], concrete_args: dict[str, Any] | None,
+             evaluate: Callable | None) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise InputError(
             f"tropfx.compile expects an nn.Module, got {type(model).__name__}; "
@@ -73,14 +96,20 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
                 f"passes[{i}] is a {type(p).__name__}, not a pass; configure passes by calling "
                 "their factory, e.g. passes=[tropfx.passes.fuse_batchnorm()]"
             )
+    _check_model(model)
     inputs = _as_inputs(example_inputs)
+    if inputs is not None:
+        _check_arity(model, inputs)
     verify = inputs is not None if verify is None else verify
     if verify and inputs is None:
         raise InputError("verify=True needs example_inputs=(x,) to run the model on")
 
     start = time.perf_counter()
     work = _private_copy(model)
-    gm, leaves = trace(work, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    # a hooked submodule stays a call_module node, so that its hooks run (tracing through it
+    # would drop them) and the hook check below can see a pass remove it
+    hooked = [path for path, m in work.named_modules() if path and _hook_kinds(m)]
+    gm, leaves = trace(work, leaf_modules=[*leaf_modules, *hooked], concrete_args=concrete_args)
     gm.training = model.training
     report = Report(model=type(model).__name__, leaves=leaves,
                     inputs=describe_inputs(inputs) if inputs is not None else "")
@@ -91,6 +120,13 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
         with eval_mode(work):
             eager = work(*clone_inputs(inputs))
         _verify(_TRACING, eager, reference, row, [])
+        why = _inconclusive(gm, inputs, reference)
+        if why:
+            row.info["verification"] = f"inconclusive: {why}"
+            warnings.warn(
+                f"tropfx.compile: verification of {type(model).__name__} is inconclusive: {why}, "
+                "so equal outputs prove little. Verify on inputs the outputs depend on (a trained "
+                "model, or real data)", VerificationWarning, stacklevel=3)
     report.rows.append(row)
 
     done: list[str] = []
@@ -145,6 +181,7 @@ def _private_copy(model: nn.Module) -> nn.Module:
 def _run_pass(p: Pass, info: PassInfo, gm: fx.GraphModule, done: list[str]) -> PassResult:
     """Run one pass and check what it returned: a valid, linted, recompiled graph module."""
     where = f"pass {info.name} failed after [{', '.join(done)}]"
+    hooked = _called_hooked_modules(gm)
     try:
         raw = p(gm)
     except Exception as exc:
@@ -165,9 +202,119 @@ def _run_pass(p: Pass, info: PassInfo, gm: fx.GraphModule, done: list[str]) -> P
         out.recompile()
     except Exception as exc:
         raise PassError(f"{where}: it left an invalid graph: {exc}") from exc
+    # a module is lost when its hooks no longer run: neither it nor a replacement that carries
+    # the same hook functions over is called any more
+    running = {h for hooks, _, _ in _called_hooked_modules(out).values() for h in hooks}
+    lost = {path: kinds for hooks, path, kinds in hooked.values() if not hooks <= running}
+    if lost:
+        named = ", ".join(f"module {path!r} ({kinds} hooks)" for path, kinds in lost.items())
+        raise PassError(
+            f"{where}: it removed or replaced {named}, "
+            "whose hooks would silently no longer run; the pass should skip hooked modules (please "
+            "report it), or remove the hooks before compiling and add them to the result"
+        )
     if result.modified:
         out.delete_all_unused_submodules()  # e.g. a BatchNorm folded away
     return result
+
+
+def _hook_kinds(module: nn.Module) -> str:
+    kinds = [kind for kind, hooks in (("forward", module._forward_hooks),
+                                      ("forward pre", module._forward_pre_hooks),
+                                      ("backward", module._backward_hooks),
+                                      ("backward pre", module._backward_pre_hooks)) if hooks]
+    return " and ".join(kinds)
+
+
+def _called_hooked_modules(gm: fx.GraphModule) -> dict[int, tuple[frozenset, str, str]]:
+    """``id(module) -> (ids of its hook functions, path, hook kinds)`` of the hooked modules that
+    the graph calls."""
+    called = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            try:
+                module = gm.get_submodule(node.target)
+            except AttributeError:
+                continue  # the lint reports a call of a missing module
+            if _hook_kinds(module):
+                hooks = frozenset(id(h) for d in (module._forward_hooks, module._forward_pre_hooks,
+                                                  module._backward_hooks,
+                                                  module._backward_pre_hooks) for h in d.values())
+                called[id(module)] = (hooks, node.target, _hook_kinds(module))
+    return called
+
+
+def _check_model(model: nn.Module) -> None:
+    """Refuse models that cannot be run or copied meaningfully, naming the module and the fix."""
+    for path, module in model.named_modules():
+        where = f"module {path!r} ({type(module).__name__})" if path else type(module).__name__
+        if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+            raise InputError(f"{where} has uninitialized (lazy) parameters; run the model once on "
+                             "an input, model(x), so that their shapes are known, then compile")
+        for name, t in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
+            if t is not None and t.device.type == "meta":
+                raise InputError(f"{where} has {name!r} on the meta device, without values; "
+                                 "materialize the model first (model.to_empty(device='cpu') and "
+                                 "load_state_dict(...))")
+
+
+def _check_arity(model: nn.Module, inputs: tuple) -> None:
+    """Too many example inputs for ``model.forward``, as an InputError (not forward's TypeError)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return  # a builtin forward: the run itself will tell
+    try:
+        signature.bind_partial(*inputs)  # too few may be fine: concrete_args, defaults
+    except TypeError as exc:
+        raise InputError(
+            f"example_inputs has {len(inputs)} positional input(s) but "
+            f"{type(model).__name__}.forward{signature} does not take them ({exc}); pass one "
+            "tensor per positional argument of forward, e.g. example_inputs=(x,)"
+        ) from exc
+
+
+def _inconclusive(gm: fx.GraphModule, inputs: tuple, output: Any) -> str:
+    """Why equal outputs on ``inputs`` would prove little, or ''.
+
+    Rows identical across a batch whose input rows differ, or (without such a batch) outputs
+    unchanged when the float inputs are redrawn at random (a private generator: the global RNG
+    is not touched)."""
+    outs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+    floats = [t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not outs or not floats:
+        return ""
+    batch = floats[0].shape[0] if floats[0].dim() else 0
+    if batch >= 2 and any(not _rows_equal(t) for t in floats if t.dim() and t.shape[0] == batch):
+        batched = [t for t in outs if t.dim() and t.shape[0] == batch]
+        if batched and all(_rows_equal(t) for t in batched):
+            return f"every output row is the same for the {batch} different input rows"
+        return ""
+    gen = torch.Generator().manual_seed(0)
+    redrawn = []
+    for t in inputs:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            spread = float(t.float().std()) if t.numel() > 1 else 1.0
+            spread = spread if spread > 0 and spread == spread and spread != float("inf") else 1.0
+            t = (torch.randn(t.shape, generator=gen) * spread).to(t.dtype).to(t.device)
+        redrawn.append(t)
+    try:
+        with eval_mode(gm), torch.no_grad():
+            again = gm(*clone_inputs(tuple(redrawn)))
+    except Exception:  # the model rejects random inputs (e.g. it checks their values): no verdict
+        return ""
+    again_outs = [t for t in tree_flatten(again)[0] if isinstance(t, torch.Tensor)]
+    if len(again_outs) == len(outs) and all(a.shape == b.shape and torch.equal(a, b)
+                                            for a, b in zip(outs, again_outs, strict=True)):
+        return "the outputs did not change when the inputs were redrawn at random"
+    return ""
+
+
+def _rows_equal(t: torch.Tensor) -> bool:
+    rows = t.detach().reshape(t.shape[0], -1)
+    same = (rows == rows[:1]) | (rows.isnan() & rows[:1].isnan()) if t.is_floating_point() \
+        else rows == rows[:1]
+    return bool(same.all())
 
 
 def _measure_stage(gm: fx.GraphModule, row: StageRow, inputs: tuple | None,
@@ -187,10 +334,12 @@ def _measure_stage(gm: fx.GraphModule, row: StageRow, inputs: tuple | None,
 
 def _verify(info: PassInfo, reference: Any, output: Any, row: StageRow, done: list[str]) -> None:
     dtypes = [t.dtype for t in tree_flatten(reference)[0] if isinstance(t, torch.Tensor)]
-    rtol, atol = default_tolerance(dtypes[0] if dtypes else torch.float32)
+    dtype = dtypes[0] if dtypes else torch.float32
+    rtol, atol = default_tolerance(dtype)
     rtol = info.rtol if info.rtol is not None else rtol
     atol = info.atol if info.atol is not None else atol
-    result = compare(reference, output, rtol=rtol, atol=atol)
+    ntol = default_ntol(dtype)
+    result = compare(reference, output, rtol=rtol, atol=atol, ntol=ntol)
     row.max_abs_err, row.max_rel_err = result.max_abs, result.max_rel
     if info.exact and not result.within:
         if info is _TRACING:
@@ -202,7 +351,8 @@ def _verify(info: PassInfo, reference: Any, output: Any, row: StageRow, done: li
             what = f"pass {info.name} (after [{', '.join(done)}]) is declared exact but changed them"
             hint = "this is a bug in the pass; please report it with the model"
         raise VerificationError(
-            f"{what}: {result.worst} differs by max abs err {result.max_abs:.3g}, max rel err "
-            f"{result.max_rel:.3g} > rtol {rtol:g} (atol {atol:g}) on the example inputs "
-            f"{result.detail}. Likely cause: {hint}. verify=False skips the check."
+            f"{what}: {result.element()} is outside |new - ref| <= atol + rtol * |ref| + ntol * "
+            f"max|ref| (rtol {rtol:g}, atol {atol:g}, ntol {ntol:g}) on the example inputs "
+            f"{result.detail}(max abs err {result.max_abs:.3g}, max rel err {result.max_rel:.3g}). "
+            f"Likely cause: {hint}. verify=False skips the check."
         )

@@ -123,6 +123,9 @@ class Report:
         lines = [f"tropfx report: {self.model} ({self.seconds:.2f} s{on})"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                   for row in table]
+        notes = [f"  {r.stage}: {r.info['verification']}" for r in self.rows
+                 if r.info.get("verification")]  # e.g. "inconclusive: ..." (tropfx.pipeline)
+        lines += ["verification:", *notes] if notes else []
         layers = [(r.stage, layer) for r in self.rows for layer in r.info.get("layers", ())
                   if isinstance(layer, dict) and {"layer", "n", "K"} <= layer.keys()]
         if layers:

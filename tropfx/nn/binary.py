@@ -234,8 +234,10 @@ class _Thresholded(nn.Module):
             raise InputError(f"{name}: threshold must be an integer or {n} integers (one per output), "
                              f"got {t.dtype} of shape {tuple(t.shape)}")
         # The largest |partial sum| decides the float type the sums are exact in.
-        bound = int(w.abs().flatten(1).sum(1).max()) if w.numel() else 0
-        if bound >= _EXACT_FLOAT64 or int(t.abs().max()) >= 1 << 31 or int(w.abs().max()) >= 1 << 31:
+        # (an empty layer, no outputs or no inputs, has nothing to bound: amax of nothing is 0)
+        bound = int(w.abs().flatten(1).sum(1).amax()) if w.numel() else 0
+        t_max = int(t.abs().max()) if t.numel() else 0
+        if bound >= _EXACT_FLOAT64 or t_max >= 1 << 31 or (w.numel() and int(w.abs().max()) >= 1 << 31):
             raise ParameterError(f"{name}: weights or thresholds too large (sum of |W| up to {bound}); "
                                  "integer sums must stay below 2**53 and entries within int32")
         small = int(w.abs().max()) < 128 if w.numel() else True
@@ -307,7 +309,10 @@ class ThresholdedConv2d(_Thresholded):
         if xs.shape[2] < kh or xs.shape[3] < kw:
             raise InputError(f"{type(self).__name__}: the input {tuple(x.shape)} is smaller than the "
                              f"{kh}x{kw} window after padding {self.padding!r}")
-        sums = F.conv2d(xs, self.weight.to(self.sum_dtype), groups=self.groups)
+        if self.out_channels == 0:  # F.conv2d refuses a weight with no output channels
+            sums = xs.new_zeros(xs.shape[0], 0, xs.shape[2] - kh + 1, xs.shape[3] - kw + 1)
+        else:
+            sums = F.conv2d(xs, self.weight.to(self.sum_dtype), groups=self.groups)
         return self._finish(sums, 2)
 
     def extra_repr(self) -> str:

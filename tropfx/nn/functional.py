@@ -17,6 +17,8 @@ materializes the whole ``B x out x in`` tensor: it works in chunks of at most ``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -24,7 +26,10 @@ from tropfx.errors import InputError, ParameterError
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "autocast_float32",
     "check_tropical",
+    "diagonal_maxplus",
+    "diagonal_minplus",
     "maxout",
     "maxplus",
     "minplus",
@@ -59,11 +64,27 @@ def check_tropical(weight: Tensor, bias: Tensor | None, *, name: str = "max-plus
         )
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def autocast_float32(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The layers' autocast policy: under ``torch.autocast`` (of the tensors' device), max-plus and
+    morphological products compute in float32, as autocast's own float32 ops (softmax, norms) do:
+    a bf16 / fp16 operand is cast up; a max of float32 terms is exact, and the next conv or linear
+    layer casts back down. Without autocast, or in float32 / float64, the tensors are returned
+    as they are (mixing dtypes then is the caller's error, as in torch)."""
+    first = next((t for t in tensors if t is not None), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type) or not any(
+            t is not None and t.dtype in _HALF for t in tensors):
+        return tensors
+    return tuple(None if t is None or not t.is_floating_point() else t.float() for t in tensors)
+
+
 def _chunk_rows(batch: int, out: int, inner: int, budget: int) -> tuple[int, int]:
     """(batch rows, output rows) per chunk so that rows_b * rows_o * inner <= budget."""
     per_output = max(1, budget // max(1, inner))
-    rows_o = min(out, per_output)
-    rows_b = min(batch, max(1, per_output // rows_o))
+    rows_o = max(1, min(out, per_output))  # >= 1: an empty batch or layer is zero chunks, not a
+    rows_b = max(1, min(batch, per_output // rows_o))  # zero step
     return rows_b, rows_o
 
 
@@ -77,7 +98,10 @@ class _MaxPlus(torch.autograd.Function):
         y = x.new_empty(batch, out)
         arg = torch.empty(batch, out, dtype=torch.long, device=x.device)
         rows_b, rows_o = _chunk_rows(batch, out, inner, budget)
-        for o in range(0, out, rows_o):
+        if inner == 0:  # no input terms: the max over nothing is -inf, so the bias (if any) wins
+            y.fill_(-torch.inf)
+            arg.fill_(-1)
+        for o in range(0, out if inner else 0, rows_o):
             w = weight[o:o + rows_o]
             for b in range(0, batch, rows_b):
                 best, idx = (x[b:b + rows_b, None, :] + w[None]).max(dim=-1)
@@ -101,8 +125,12 @@ class _MaxPlus(torch.autograd.Function):
         g = torch.where(from_input, grad_y, 0.0)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y.new_zeros(grad_y.shape[0], inner).scatter_add_(1, idx, g)
-        if ctx.needs_input_grad[1]:
+            grad_x = grad_y.new_zeros(grad_y.shape[0], inner)
+            if inner:  # (no inputs: every output came from the bias)
+                grad_x.scatter_add_(1, idx, g)
+        if ctx.needs_input_grad[1] and not inner:
+            grad_w = grad_y.new_zeros(w_shape)
+        elif ctx.needs_input_grad[1]:
             flat = idx + torch.arange(w_shape[0], device=idx.device) * inner  # row-major W index
             grad_w = grad_y.new_zeros(w_shape).view(-1).index_add_(0, flat.flatten(),
                                                                    g.flatten()).view(w_shape)
@@ -118,8 +146,9 @@ def maxplus(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise InputError(f"maxplus: x (..., {x.shape[-1]}) does not fit weight "
                          f"{tuple(weight.shape)} (out, in)")
+    x, weight, bias = autocast_float32(x, weight, bias)
     lead = x.shape[:-1]
-    y = _MaxPlus.apply(x.reshape(-1, x.shape[-1]), weight, bias, chunk_elements)
+    y = _MaxPlus.apply(x.reshape(math.prod(lead), x.shape[-1]), weight, bias, chunk_elements)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -137,21 +166,96 @@ def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
 
         y_o = max(max_j (x_{index[o, j]} + value[o, j]), b_o)
 
-    Works on ``(..., in, ...)`` with ``in`` at ``dim``; memory ``O(numel(y) * (k + 1))``.
+    Works on ``(..., in, ...)`` with ``in`` at ``dim``; memory ``O(numel(y) * (k + 1))``. With
+    ``k = 1`` there is nothing to reduce: one gather (none for the identity index of an exact ReLU
+    rewrite) and :func:`diagonal_maxplus`'s element-wise max, with the same values and gradients.
     """
-    moved = x.movedim(dim, -1)
+    x, value, bias = autocast_float32(x, value, bias)
     out, k = index.shape
+    if k == 1:
+        if not _is_identity(index, x.shape[dim] if x.dim() else -1):
+            x = x.index_select(dim, index[:, 0])
+        return diagonal_maxplus(x, value, bias, dim=dim)
+    moved = x.movedim(dim, -1)
     gathered = moved.index_select(-1, index.reshape(-1)).unflatten(-1, (out, k)) + value
     if bias is not None:
         # The bias goes first: torch.max returns the first maximal position, so it wins ties.
         first = bias.to(gathered.dtype)[:, None].expand(gathered.shape[:-1] + (1,))
         gathered = torch.cat([first, gathered], dim=-1)
+    if gathered.numel() == 0:  # an empty batch or no outputs: nothing to reduce
+        return x.new_zeros(gathered.shape[:-1]).movedim(-1, dim) + gathered.sum() * 0
     y = gathered.max(dim=-1).values.movedim(-1, dim)
     # Keep the input's row-major strides: a strided view (even one torch calls contiguous, with
     # size-1 dims) makes the next conv pick another algorithm, which rounds differently.
     if x.stride() == _row_major(x.shape) and y.stride() != _row_major(y.shape):
         y = y.clone(memory_format=torch.contiguous_format)
     return y
+
+
+def _is_identity(index: Tensor, size: int) -> bool:
+    """Whether ``index`` (out, 1) reads input ``o`` for output ``o``. Not while torch.compile /
+    torch.export trace (a data-dependent branch): the gather then stays, and inductor fuses it."""
+    if index.shape[0] != size or torch.compiler.is_compiling():
+        return False
+    key = (index._version, index.data_ptr(), size)  # remembered per version, as the layers'
+    known = getattr(index, "_tropfx_identity", None)  # parameter checks are
+    if known is not None and known[0] == key:
+        return known[1]
+    result = bool(torch.equal(index[:, 0], torch.arange(size, device=index.device)))
+    if not isinstance(index, torch.fx.Proxy):
+        index._tropfx_identity = (key, result)
+    return result
+
+
+def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
+                     dim: int = -1) -> Tensor:
+    """The max-plus product with one input per output, ``y_c = max(x_c + value_c, b_c)`` along
+    ``dim`` (``value`` of shape (C,) or (C, 1)): ``sparse_maxplus`` with ``k = 1`` and the identity
+    index, as element-wise torch ops (which torch.compile fuses into the producing conv, as it
+    does a ReLU). ``relu(x) = diagonal_maxplus(x, 0, 0)`` bit for bit, gradient included.
+
+    The same rules as the general product: the bias wins a tie (and a NaN bias wins), a NaN
+    term wins over a number; the gradient goes to the winner only.
+    """
+    x, value, bias = autocast_float32(x, value, bias)
+    shape = [1] * x.dim()
+    if x.dim():
+        shape[dim] = -1
+    term = x + value.reshape(shape)
+    if bias is None:
+        return term
+    b = bias.to(term.dtype).reshape(shape)
+    zero = None if _needs_grad(term, b) else _zero_signs(bias, term.dtype)
+    if zero is not None:
+        # Values only: torch.maximum (several times faster than torch.where on the CPU) is the
+        # same max except for which of two tied zeros it returns; the bias holds no -0 (checked),
+        # so adding +0 where the bias is 0 makes such a tie +0, the bias's own zero, and adding -0
+        # elsewhere changes nothing (x + -0 == x for every x, zeros included).
+        return torch.maximum(term, b, out=term).add_(zero.reshape(shape))
+    take = (b >= term) | b.isnan()  # the bias sits first in the general product's window
+    return torch.where(take, b, term)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _zero_signs(bias: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """+0 where the bias is 0, -0 elsewhere; None if the bias holds NaN or -0 (then the exact
+    where). Remembered on ``bias`` per version (a small tensor, but one check per call per layer
+    shows at batch 1). Not while torch.compile traces: a data-dependent branch (and inductor fuses
+    the where anyway)."""
+    if torch.compiler.is_compiling() or isinstance(bias, torch.fx.Proxy):
+        return None
+    key = (bias._version, bias.data_ptr(), dtype)
+    known = getattr(bias, "_tropfx_zero_signs", None)
+    if known is not None and known[0] == key:
+        return known[1]
+    b = bias.detach()
+    plain = not bool((b.isnan() | ((b == 0) & b.signbit())).any())
+    zero = torch.where(b == 0, 0.0, -0.0).to(dtype) if plain else None
+    bias._tropfx_zero_signs = (key, zero)
+    return zero
 
 
 def _row_major(shape: torch.Size) -> tuple[int, ...]:
@@ -169,6 +273,14 @@ def sparse_minplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
     return -sparse_maxplus(-x, index, -value, neg_b, dim=dim)
 
 
+def diagonal_minplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
+                     dim: int = -1) -> Tensor:
+    """Min-plus dual of :func:`diagonal_maxplus`, ``y_c = min(x_c + value_c, b_c)``, computed as
+    ``-diagonal_maxplus(-x, -value, -b)`` so that signed zeros are those of the general product."""
+    neg_b = None if bias is None else -bias
+    return -diagonal_maxplus(-x, -value, neg_b, dim=dim)
+
+
 def maxout(x: Tensor, pool: int, *, dim: int = -1) -> Tensor:
     """Maxout (Goodfellow et al. 2013): the max over consecutive groups of ``pool`` features,
     ``(..., F * pool, ...) -> (..., F, ...)``. The paper's comparison baseline: a linear layer
@@ -182,5 +294,6 @@ def maxout(x: Tensor, pool: int, *, dim: int = -1) -> Tensor:
 
 # Opaque to torch.fx: a traced graph records one call per product (their argument checks would
 # otherwise be traced as control flow), even when a layer is itself the traced root.
-for _name in ("maxplus", "minplus", "sparse_maxplus", "sparse_minplus", "maxout"):
+for _name in ("maxplus", "minplus", "sparse_maxplus", "sparse_minplus", "diagonal_maxplus",
+              "diagonal_minplus", "maxout"):
     torch.fx.wrap(_name)

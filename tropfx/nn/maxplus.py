@@ -25,9 +25,26 @@ __all__ = ["MaxPlus", "Maxout", "MinPlus", "SparseMaxPlus", "SparseMinPlus"]
 
 
 def check_parameters(weight: Tensor, bias: Tensor | None, sign: float, name: str) -> None:
-    """:func:`tropfx.nn.functional.check_tropical` of the layer's max-plus form."""
+    """:func:`tropfx.nn.functional.check_tropical` of the layer's max-plus form, once per version
+    of the parameters: the result is remembered on ``weight`` with the tensors' version counters
+    and storage pointers (an optimizer step, ``copy_`` or ``load_state_dict`` bumps the counter, a
+    ``.data =`` swap moves the storage), so a forward pass re-checks only what changed. Inference
+    then does not pay several small reductions per layer per call."""
+    if torch.compiler.is_compiling():  # check_tropical is skipped there too
+        return
+    key = _versions(weight, bias, sign)
+    if getattr(weight, "_tropfx_checked", None) == key:
+        return
     TF.check_tropical(sign * weight.detach(), None if bias is None else sign * bias.detach(),
                       name=name)
+    weight._tropfx_checked = key
+
+
+def _versions(weight: Tensor, bias: Tensor | None, sign: float) -> tuple:
+    parts = [sign, weight._version, weight.data_ptr(), tuple(weight.shape)]
+    if bias is not None:
+        parts += [id(bias), bias._version, bias.data_ptr()]
+    return tuple(parts)
 
 
 # A leaf for torch.fx: the check runs at call time instead of branching during tracing.
@@ -102,6 +119,21 @@ class SparseMaxPlus(nn.Module):
         check_parameters(self.value, self.bias, self._sign, type(self).__name__)
         fn = TF.sparse_maxplus if self._sign > 0 else TF.sparse_minplus
         return fn(x, self.index, self.value, self.bias, dim=self.dim)
+
+    @classmethod
+    def identity(cls, features: int, *, dim: int = -1, bias: bool = True,
+                 dtype: torch.dtype | None = None) -> "SparseMaxPlus":
+        """``y_c = max(x_c + 0, b_c)`` with ``b = 0``: output ``c`` reads input ``c`` alone with
+        weight 0 (``k = 1``). For the max-plus class and ``bias=True`` this is ReLU, gradient
+        included (the bias wins the tie at 0). Draws nothing from torch's global RNG."""
+        layer = cls.__new__(cls)  # not __init__: its random draw (features x features) is wasted
+        nn.Module.__init__(layer)
+        layer.in_features = layer.out_features = features
+        layer.k, layer.dim = 1, dim
+        layer.register_buffer("index", torch.arange(features)[:, None])
+        layer.value = nn.Parameter(torch.zeros(features, 1, dtype=dtype))
+        layer.bias = nn.Parameter(torch.zeros(features, dtype=dtype)) if bias else None
+        return layer
 
     @classmethod
     def from_dense(cls, weight: Tensor, bias: Tensor | None = None, *, dim: int = -1
@@ -185,6 +217,14 @@ def _product_cost(fn, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
     return {"maxplus": out.numel() * (stored.shape[1] + (bound.get("bias") is not None))}
 
 
+def _diagonal_cost(fn, args: tuple, kwargs: dict, out: Tensor) -> dict[str, int]:
+    """``diagonal_maxplus(x, value, bias)``: one (add, max) pair per output, one more for the bias."""
+    bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    return {"maxplus": out.numel() * (1 + (bound.get("bias") is not None))}
+
+
 for _fn in (TF.maxplus, TF.minplus, TF.sparse_maxplus, TF.sparse_minplus):
     register_cost(_fn)(_product_cost)
+for _fn in (TF.diagonal_maxplus, TF.diagonal_minplus):
+    register_cost(_fn)(_diagonal_cost)
 register_cost(TF.maxout)(lambda fn, args, kwargs, out: {"maxplus": out.numel() * args[1]})

@@ -24,12 +24,14 @@ window whose maximum is ``-inf`` and whose first element is padding sends its gr
 (i.e. drops it), where max pooling picks its first input element; a window lying wholly in the
 padding is ``-inf`` and has no gradient at all.
 
-Memory: windows are strided views of the (padded) input; the ``x + w`` terms of at most
-``chunk_elements`` (default :data:`CHUNK_ELEMENTS`) window entries exist at a time, blocks being taken
-over output channels, then output rows, then the batch. A block is never smaller than one output row
-of one sample and one output channel (``W_out * C_in * K`` entries for the full form), so the largest
-intermediate has ``max(chunk_elements, W_out * C_in * K)`` entries, besides the padded input (and, in
-the backward pass, one gradient of its size at a time) and the output.
+Memory and speed: a shift-and-max over the SE entries, in window order (as kornia computes
+morphology): each entry reads a strided view of the padded input, adds its weight and updates a
+running extreme -- and, when autograd needs it, a running argmax of one byte per output (two for
+windows over 256 entries) -- so the intermediates are of the size of the output, never ``window x
+output``. Without autograd, a per-channel SE with one value per channel (what
+``maxpool_to_dilation`` produces) is ``F.max_pool`` plus that value, bitwise (rounding is
+monotone). ``chunk_elements`` is accepted for compatibility and bounds nothing any more: no
+intermediate exceeds the padded input or the output.
 """
 
 # No ``from __future__ import annotations``: torch.fx copies the root forward's annotations into the
@@ -45,6 +47,7 @@ from torch import Tensor, fx, nn
 
 from tropfx.errors import InputError, ParameterError
 from tropfx.measure import register_cost
+from tropfx.nn.functional import autocast_float32
 from tropfx.tracing import register_leaf
 
 __all__ = [
@@ -60,7 +63,7 @@ __all__ = [
     "erosion2d",
 ]
 
-CHUNK_ELEMENTS = 2**24  # at most this many x + w terms are materialized at once (see module docs)
+CHUNK_ELEMENTS = 2**24  # kept for compatibility: shift-and-max needs no chunks (see module docs)
 INIT_NOISE = 0.01  # a fresh SE is U(-INIT_NOISE, INIT_NOISE): flat, with ties broken
 
 IntOrTuple = int | Sequence[int]
@@ -137,6 +140,8 @@ def _morphology(x: Tensor, weight: Tensor, nd: int, erode: bool, stride: IntOrTu
                 padding: IntOrTuple, dilation: IntOrTuple, ceil_mode: bool,
                 chunk_elements: int) -> Tensor:
     name = f"{'erosion' if erode else 'dilation'}{nd}d"
+    if isinstance(x, Tensor) and isinstance(weight, Tensor):
+        x, weight = autocast_float32(x, weight)  # the layers' policy under torch.autocast
     full = _check_tensors(name, x, weight, nd)
     stride = _as_tuple(name, "stride", stride, nd, minimum=1)
     padding = _as_tuple(name, "padding", padding, nd, minimum=0)
@@ -155,9 +160,19 @@ def _morphology(x: Tensor, weight: Tensor, nd: int, erode: bool, stride: IntOrTu
                 f"{padding[i]}) along spatial dim {i}; use a larger input, more padding or a smaller "
                 "kernel"
             )
-    fill = math.inf if erode else -math.inf  # padding must never win the window
     grid = _Grid(kernel, stride, dilation, out)
-    return _reduce_in_blocks(_pad(x, grid, padding, fill), weight, grid, full, erode, chunk_elements)
+    if x.numel() == 0 or weight.shape[0] == 0:  # an empty batch or no channels: an empty output
+        # (empty sums: the output stays connected to x and weight, whose gradients are zeros)
+        tie = x.flatten()[:0].sum() + weight.flatten()[:0].sum()
+        return x.new_zeros(x.shape[0], weight.shape[0], *out) + tie
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if not needs_grad and not full and _is_flat(weight):
+        return _flat(x, weight, grid, padding, ceil_mode, erode)
+    fill = math.inf if erode else -math.inf  # padding must never win the window
+    xp = _pad(x, grid, padding, fill)
+    if not needs_grad:
+        return _shift_reduce(xp, weight, grid, full, erode, with_argmax=False)[0]
+    return _ShiftReduce.apply(xp, weight, grid, full, erode)
 
 
 def _check_tensors(name: str, x: Tensor, weight: Tensor, nd: int) -> bool:
@@ -181,11 +196,11 @@ def _check_tensors(name: str, x: Tensor, weight: Tensor, nd: int) -> bool:
         form = "(C_out, C_in, *kernel) has C_in" if full else "(C, *kernel) has C"
         raise InputError(f"{name}: x has {x.shape[1]} channels but weight {tuple(weight.shape)} "
                          f"{form} = {channels}")
-    if weight.numel() == 0:
-        raise InputError(f"{name}: weight {tuple(weight.shape)} is empty")
+    if 0 in weight.shape[-nd:]:
+        raise InputError(f"{name}: weight {tuple(weight.shape)} has an empty kernel")
     # +inf in the SE meets the infinite padding (or an -inf input) and makes NaN. A value check:
     # skipped while torch.compile / torch.export trace (it would be a data-dependent branch).
-    if not torch.compiler.is_compiling() and bool(torch.isnan(weight).any() | torch.isposinf(weight).any()):
+    if not torch.compiler.is_compiling() and not _weight_fact(weight, "finite", _finite_or_off):
         raise ParameterError(f"{name}: the structuring element holds NaN or +inf; its entries must "
                              "be finite, or -inf to switch an entry off")
     return full
@@ -232,61 +247,144 @@ def _pad(x: Tensor, grid: _Grid, padding: tuple[int, ...], fill: float) -> Tenso
     return F.pad(x, pads, value=fill) if any(pads) else x
 
 
-def _windows(xp: Tensor, grid: _Grid) -> Tensor:
-    """A strided view (N, C, *out, *kernel) of the padded ``xp``; no window is copied."""
-    for i in range(len(grid.kernel)):
-        xp = xp.unfold(2 + i, grid.span(i), grid.stride[i])[..., ::grid.dilation[i]]
-        xp = xp.narrow(2 + i, 0, grid.out[i])
-    return xp
+def _is_flat(weight: Tensor) -> bool:
+    """Whether each channel's SE is one value (a max pooling plus a constant). Not while
+    torch.compile / torch.export trace: that would be a data-dependent branch."""
+    if torch.compiler.is_compiling():
+        return False
+    return _weight_fact(weight, "flat", _flat_rows)
 
 
-def _reduce_in_blocks(xp: Tensor, weight: Tensor, grid: _Grid, full: bool, erode: bool,
-                      chunk_elements: int) -> Tensor:
-    """Reduce the windows against the SE, a block of (out channels, out rows, samples) at a time."""
-    n, channels, rows = xp.shape[0], weight.shape[0], grid.out[0]
-    per_row = math.prod(grid.out[1:]) * weight[0].numel()  # x + w terms of one output row, channel
-    blocks = _block_sizes((channels, rows, n), per_row, chunk_elements)
-    if blocks == (channels, rows, n):
-        return _reduce_block(_windows(xp, grid), weight, full, erode)
-    y = xp.new_empty((n, channels, *grid.out))
-    for o, r, b in itertools.product(*map(_slices, (channels, rows, n), blocks)):
-        # Each block unfolds its own slice of xp: the backward of a slice of one big window view
-        # would allocate a gradient as large as all the windows, for every block.
-        part = xp[b, :, r.start * grid.stride[0]:(r.stop - 1) * grid.stride[0] + grid.span(0)]
-        part_grid = grid._replace(out=(r.stop - r.start, *grid.out[1:]))
-        y[b, o, r] = _reduce_block(_windows(part if full else part[:, o], part_grid), weight[o], full,
-                                   erode)
-    return y
+def _flat_rows(weight: Tensor) -> bool:
+    return bool((weight.flatten(1) == weight.flatten(1)[:, :1]).all())
 
 
-def _block_sizes(sizes: tuple[int, ...], unit: int, budget: int) -> tuple[int, ...]:
-    """Grow blocks along ``sizes`` in order while ``unit`` times their volume fits ``budget``."""
-    blocks = []
-    for size in sizes:
-        block = min(size, max(1, budget // unit))
-        blocks.append(block)
-        unit *= block
-        budget = 0 if block < size else budget  # later dims grow only over whole earlier ones
-    return tuple(blocks)
+def _finite_or_off(weight: Tensor) -> bool:
+    return not bool(torch.isnan(weight).any() | torch.isposinf(weight).any())
 
 
-def _slices(size: int, block: int) -> list[slice]:
-    return [slice(start, min(start + block, size)) for start in range(0, size, block)]
+def _weight_fact(weight: Tensor, name: str, fact: Callable[[Tensor], bool]) -> bool:
+    """``fact(weight)``, remembered on the SE tensor per version and storage (an optimizer step
+    or ``copy_`` bumps the version, a ``.data =`` swap moves the storage): a forward pass does
+    not pay a device sync per check per layer once the SE is known."""
+    key = (weight._version, weight.data_ptr())
+    memo = weight.__dict__.setdefault("_tropfx_facts", {})
+    if memo.get(name, (None,))[0] != key:
+        memo[name] = (key, fact(weight.detach()))
+    return memo[name][1]
 
 
-def _reduce_block(windows: Tensor, weight: Tensor, full: bool, erode: bool) -> Tensor:
-    """``max (x + w)`` (``min (x - w)``) over each window: (N, C, *out, *k) -> (N, C_out, *out)."""
-    nd = weight.dim() - (2 if full else 1)
-    if full:
-        # (N, C, *out, *k) -> (N, 1, *out, C*K): flattened channel-major, then kernel row-major.
-        terms = windows.movedim(1, 1 + nd).flatten(1 + nd).unsqueeze(1)
-    else:
-        terms = windows.flatten(2 + nd)  # (N, C, *out, K)
-    se = weight.reshape(weight.shape[0], *(1,) * nd, -1)  # (C_out, 1..., C*K or K)
-    # torch.max/min along one dim return the FIRST extreme element and send its gradient there only;
-    # torch.maximum of separate tensors would split ties, and amax would spread them evenly.
-    reduce: Callable = torch.min if erode else torch.max
-    return reduce(terms - se if erode else terms + se, dim=-1).values
+_POOL = {1: F.max_pool1d, 2: F.max_pool2d}
+
+
+def _flat(x: Tensor, weight: Tensor, grid: _Grid, padding: tuple[int, ...], ceil_mode: bool,
+          erode: bool) -> Tensor:
+    """A per-channel SE with one value ``w_c`` per channel: ``max_k (x_k + w_c) = (max_k x_k) + w_c``
+    bitwise, because rounding is monotone (``a <= b`` implies ``fl(a + w) <= fl(b + w)``), so the
+    largest term is the rounded sum of the largest input; NaN, ``-inf`` padding and signed zeros
+    (the first of tied zeros wins in both) agree too. Erosion: ``min_k (x_k - w_c) =
+    -max_k(-x_k) - w_c``. ``F.max_pool`` computes the max."""
+    nd = len(grid.kernel)
+    w = weight.flatten(1)[:, 0].view(-1, *(1,) * nd)
+    src = -x if erode else x
+    if all(2 * p <= k for p, k in zip(padding, grid.kernel, strict=True)):  # max_pool's padding rule
+        pooled = _POOL[nd](src, grid.kernel, grid.stride, padding, grid.dilation, ceil_mode)
+    else:  # pad with -inf first; the windows are the same, the extra right padding is cut off
+        pooled = _POOL[nd](_pad(src, grid, padding, -math.inf), grid.kernel, grid.stride, 0,
+                           grid.dilation)
+        for i in range(nd):
+            pooled = pooled.narrow(2 + i, 0, grid.out[i])
+    return (-pooled) - w if erode else pooled + w
+
+
+def _offsets(weight: Tensor, grid: _Grid, full: bool) -> list[tuple[int | None, tuple[int, ...]]]:
+    """The window order: (input channel or None, kernel offset), channel-major, offsets row-major."""
+    channels = range(weight.shape[1]) if full else (None,)
+    return list(itertools.product(channels, itertools.product(*map(range, grid.kernel))))
+
+
+def _shifted(xp: Tensor, grid: _Grid, channel: int | None, offset: tuple[int, ...]) -> Tensor:
+    """The (N, C or 1, *out) view of ``xp`` read by SE entry ``offset`` of every window."""
+    index: list = [slice(None), slice(None) if channel is None else slice(channel, channel + 1)]
+    for i, k in enumerate(offset):
+        start = k * grid.dilation[i]
+        index.append(slice(start, start + (grid.out[i] - 1) * grid.stride[i] + 1, grid.stride[i]))
+    return xp[tuple(index)]
+
+
+def _se_entry(weight: Tensor, channel: int | None, offset: tuple[int, ...], nd: int) -> Tensor:
+    entry = weight[(slice(None), *offset)] if channel is None else weight[(slice(None), channel,
+                                                                          *offset)]
+    return entry.view(1, -1, *(1,) * nd)
+
+
+def _shift_reduce(xp: Tensor, weight: Tensor, grid: _Grid, full: bool, erode: bool,
+                  with_argmax: bool) -> tuple[Tensor, Tensor | None]:
+    """Shift-and-max: ``max (x + w)`` (``min (x - w)``) over the windows, one SE entry at a time in
+    window order, in O(output) memory. A later term replaces the running extreme only when it is
+    strictly better, or NaN where the running one is not: the first extreme (the first NaN) wins,
+    as ``torch.max`` along a dim. ``argmax``: the window position of the winner (uint8 / int16 /
+    int32, the smallest that holds the window)."""
+    nd = len(grid.kernel)
+    better = torch.lt if erode else torch.gt
+    best = arg = best_nan = None
+    for j, (channel, offset) in enumerate(_offsets(weight, grid, full)):
+        view, entry = _shifted(xp, grid, channel, offset), _se_entry(weight, channel, offset, nd)
+        term = view - entry if erode else view + entry
+        if best is None:
+            best = term.expand(xp.shape[0], weight.shape[0], *grid.out).contiguous()
+            if with_argmax:
+                arg = torch.zeros(best.shape, dtype=_index_dtype(weight[0].numel()),
+                                  device=best.device)
+                best_nan = best.isnan()
+            continue
+        if with_argmax:
+            term_nan = term.isnan()
+            take = better(term, best) | (term_nan & ~best_nan)
+            arg.masked_fill_(take, j)
+            best_nan |= term_nan
+        else:  # a NaN best stays: nothing compares better than it, and NaN terms replace it by NaN
+            take = better(term, best) | term.isnan()
+        best = torch.where(take, term, best)
+    return best, arg
+
+
+def _index_dtype(window: int) -> torch.dtype:
+    return torch.uint8 if window <= 256 else torch.int16 if window <= 2**15 else torch.int32
+
+
+class _ShiftReduce(torch.autograd.Function):
+    """:func:`_shift_reduce` with its gradient: each output sends its gradient to its argmax input
+    element (padding included, where it is dropped) and SE entry, and nowhere else."""
+
+    @staticmethod
+    def forward(ctx, xp: Tensor, weight: Tensor, grid: _Grid, full: bool, erode: bool) -> Tensor:
+        best, arg = _shift_reduce(xp, weight, grid, full, erode, with_argmax=True)
+        ctx.save_for_backward(arg)
+        ctx.info = (xp.shape, weight, grid, full, erode)
+        return best
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (arg,) = ctx.saved_tensors
+        xp_shape, weight, grid, full, erode = ctx.info
+        nd = len(grid.kernel)
+        grad_xp = grad.new_zeros(xp_shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
+        batch_and_out = (0, *range(2, 2 + nd))
+        for j, (channel, offset) in enumerate(_offsets(weight, grid, full)):
+            part = torch.where(arg == j, grad, 0.0)  # (N, C_out, *out)
+            if grad_xp is not None:
+                _shifted(grad_xp, grid, channel, offset).add_(part.sum(1, keepdim=True) if full
+                                                               else part)
+            if grad_w is not None:
+                index = (slice(None), *offset) if channel is None else (slice(None), channel,
+                                                                        *offset)
+                grad_w[index] = part.sum(batch_and_out)
+        if grad_w is not None and erode:
+            grad_w = -grad_w
+        return grad_xp, grad_w, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,8 +403,8 @@ class _Morphology(nn.Module):
         super().__init__()
         name = type(self).__name__
         for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise InputError(f"{name}: {arg} must be a positive int, got {value!r}")
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise InputError(f"{name}: {arg} must be an int >= 0, got {value!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _as_tuple(name, "kernel_size", kernel_size, self._nd, minimum=1)
@@ -324,8 +422,10 @@ class _Morphology(nn.Module):
 
     @classmethod
     def flat(cls, *args, **kwargs) -> "_Morphology":
-        """The same module with an all-zero SE: with ``out_channels=None``, a max (min) pooling."""
-        module = cls(*args, **kwargs)
+        """The same module with an all-zero SE: with ``out_channels=None``, a max (min) pooling.
+        Draws nothing from torch's global RNG (the noise would be overwritten anyway)."""
+        kwargs.setdefault("device", "cpu")
+        module = nn.utils.skip_init(cls, *args, **kwargs)  # built on "meta": no random init
         nn.init.zeros_(module.weight)
         return module
 

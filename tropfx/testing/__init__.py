@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 
 from tropfx.measure import clone_inputs, eval_mode
 from tropfx.pipeline import compile
-from tropfx.verify import compare, default_tolerance
+from tropfx.verify import compare, default_ntol, default_tolerance
 
 __all__ = ["assert_pass_preserves", "state_checksum"]
 
@@ -67,9 +67,11 @@ def assert_pass_preserves(
     ref_dtype = next((t.dtype for t in tree_leaves(expected)
                       if isinstance(t, torch.Tensor)), torch.float32)
     default_rtol, default_atol = default_tolerance(ref_dtype)
+    # the rounding floor of the default tolerance; explicit tolerances are assert_close's own
+    ntol = default_ntol(ref_dtype) if rtol is None and atol is None else 0.0
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    result = compare(expected, actual, rtol=rtol, atol=atol)
+    result = compare(expected, actual, rtol=rtol, atol=atol, ntol=ntol)
     assert result.within, (
         f"{getattr(pass_, 'name', pass_)} changed {result.worst}: max abs err {result.max_abs:.3g}, "
         f"max rel err {result.max_rel:.3g} (rtol {rtol:g}, atol {atol:g}) {result.detail}\n"

@@ -4,7 +4,8 @@ A drawn model is described by a *spec*: a list of plain-data tokens (tuples of s
 nested tuples for sub-chains). The first two tokens are a header, the rest are blocks:
 
     ("seed", seed)                                  seeds every weight and the inputs
-    ("input", shape)                                (N, C, L), (N, C, H, W) or (N, F)
+    ("input", shape[, values])                      (N, C, L), (N, C, H, W) or (N, F); values from
+                                                    INPUT_VALUES (default "normal")
     ("conv", nd, in_c, out_c, kernel, stride, padding, groups, bias, padding_mode)
     ("linear", in_f, out_f, bias)
     ("bn", spelling, nd, channels, affine, eps)     spelling from BN_SPELLINGS
@@ -42,6 +43,7 @@ __all__ = [
     "BN_SPELLINGS",
     "BN_VAR_RANGE",
     "FLATTEN_SPELLINGS",
+    "INPUT_VALUES",
     "MAXPOOL_SPELLINGS",
     "RELU_SPELLINGS",
     "BatchNormStats",
@@ -79,6 +81,9 @@ MAXPOOL_SPELLINGS: tuple[str, ...] = ("module", "functional")
 FLATTEN_SPELLINGS: tuple[str, ...] = ("module", "torch.flatten", "method")
 ADD_SPELLINGS: tuple[str, ...] = ("+", "torch.add")
 BN_EPS: tuple[float, ...] = (1e-5, 1e-3, 1e-1)
+# Example input values: "normal" N(0, 1); "grid" N(0, 1) rounded to halves, so that max pools
+# and ReLUs see exact ties, exact zeros and -0.0; "specials" the grid with +-inf sprinkled in.
+INPUT_VALUES: tuple[str, ...] = ("normal", "grid", "specials")
 BN_VAR_RANGE: tuple[float, float] = (1e-8, 10.0)
 
 # Spellings that are a torch.nn module: a chain made only of these can be an nn.Sequential.
@@ -184,16 +189,32 @@ def batchnorm_stats(num_features: int) -> SearchStrategy[BatchNormStats]:
 
 def build_case(spec: Sequence[Token]) -> ModelCase:
     """Build the model and example inputs that ``spec`` describes; equal specs give equal cases."""
-    (seed_kind, seed), (input_kind, shape), *blocks = spec
-    if (seed_kind, input_kind) != ("seed", "input"):
-        raise ValueError(f"a spec starts with ('seed', int), ('input', shape); got {spec[:2]!r}")
+    (seed_kind, seed), (input_kind, shape, *values), *blocks = spec
+    if (seed_kind, input_kind) != ("seed", "input") or len(values) > 1 or not set(values) <= set(
+            INPUT_VALUES):
+        raise ValueError(f"a spec starts with ('seed', int), ('input', shape[, values]) with values "
+                         f"in {INPUT_VALUES}; got {spec[:2]!r}")
     generator = torch.Generator().manual_seed(seed)
     # Module constructors draw default weights from the global RNG; forking it leaves the caller's
     # random state alone (every weight is then overwritten from `generator`).
     with torch.random.fork_rng(devices=[]):
         model = _build_chain(tuple(blocks), generator).eval()
-    inputs = (torch.randn(shape, generator=generator),)
+    inputs = (_input_values(shape, values[0] if values else "normal", generator),)
     return ModelCase(model, inputs, list(spec))
+
+
+def _input_values(shape: Shape, values: str, generator: torch.Generator) -> torch.Tensor:
+    """Example inputs: see INPUT_VALUES."""
+    x = torch.randn(shape, generator=generator)
+    if values == "normal":
+        return x
+    x = (x * 2).round() / 2  # ties, and exact zeros ...
+    x[(x == 0) & (torch.rand(shape, generator=generator) < 0.5)] = -0.0  # ... of both signs
+    if values == "specials":
+        u = torch.rand(shape, generator=generator)
+        x[u < 0.05] = math.inf
+        x[u > 0.95] = -math.inf
+    return x
 
 
 def _build_chain(tokens: tuple[Token, ...], generator: torch.Generator) -> nn.Module:
@@ -623,19 +644,23 @@ def _draw_plain(draw: DrawFn) -> bool:
     return draw(st.integers(0, 3)) == 0
 
 
-def _draw_case(draw: DrawFn, input_shape: Shape, tokens: list[Token]) -> ModelCase:
-    """Draw the weight seed and build the case, rejecting the rare one whose output overflows."""
-    case = build_case([("seed", draw(st.integers(0, 2**32 - 1))), ("input", input_shape), *tokens])
-    with torch.no_grad():
-        out = case.model(*(t.clone() for t in case.inputs))
-    # Each BN with a tiny variance scales activations by up to ~1/sqrt(eps); a long enough stack of
-    # them could overflow float32. Reject that draw rather than tame the statistics for all draws.
-    assume(bool(torch.isfinite(out).all()))
+def _draw_case(draw: DrawFn, input_shape: Shape, tokens: list[Token], specials: bool) -> ModelCase:
+    """Draw the weight seed and the input values and build the case, rejecting the rare one whose
+    output overflows (with ``specials``, infinite inputs may give infinite or NaN outputs)."""
+    values = draw(st.sampled_from(INPUT_VALUES if specials else INPUT_VALUES[:2]))
+    header = ("input", input_shape) if values == "normal" else ("input", input_shape, values)
+    case = build_case([("seed", draw(st.integers(0, 2**32 - 1))), header, *tokens])
+    if values != "specials":
+        with torch.no_grad():
+            out = case.model(*(t.clone() for t in case.inputs))
+        # Each BN with a tiny variance scales activations by up to ~1/sqrt(eps); a long enough stack
+        # of them could overflow float32. Reject that draw rather than tame the statistics for all.
+        assume(bool(torch.isfinite(out).all()))
     return case
 
 
 @st.composite
-def _conv_models(draw: DrawFn, dims: tuple[int, ...], max_blocks: int) -> ModelCase:
+def _conv_models(draw: DrawFn, dims: tuple[int, ...], max_blocks: int, specials: bool) -> ModelCase:
     nd = draw(st.sampled_from(dims))
     size = [draw(st.integers(1, MAX_SPATIAL)) for _ in range(nd)]
     input_shape = (draw(st.integers(1, MAX_BATCH)), draw(st.integers(1, MAX_CHANNELS)), *size)
@@ -643,15 +668,15 @@ def _conv_models(draw: DrawFn, dims: tuple[int, ...], max_blocks: int) -> ModelC
     tokens, shape = _draw_blocks(draw, input_shape, list(_BLOCK_DRAWERS), max_blocks, plain)
     if draw(st.booleans()):
         tokens += _draw_head(draw, shape, plain)
-    return _draw_case(draw, input_shape, tokens)
+    return _draw_case(draw, input_shape, tokens, specials)
 
 
 @st.composite
-def _mlp_models(draw: DrawFn, max_blocks: int) -> ModelCase:
+def _mlp_models(draw: DrawFn, max_blocks: int, specials: bool) -> ModelCase:
     input_shape = (draw(st.integers(1, MAX_BATCH)), draw(st.integers(1, MAX_FEATURES)))
     kinds = [k for k in _BLOCK_DRAWERS if k != "maxpool"]
     tokens, _ = _draw_blocks(draw, input_shape, kinds, max_blocks, _draw_plain(draw))
-    return _draw_case(draw, input_shape, tokens)
+    return _draw_case(draw, input_shape, tokens, specials)
 
 
 def _check_max_blocks(max_blocks: int) -> None:
@@ -659,25 +684,29 @@ def _check_max_blocks(max_blocks: int) -> None:
         raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
 
 
-def conv_models(dims: Sequence[int] = (1, 2), max_blocks: int = 4) -> SearchStrategy[ModelCase]:
+def conv_models(dims: Sequence[int] = (1, 2), max_blocks: int = 4, *,
+                specials: bool = False) -> SearchStrategy[ModelCase]:
     """Small conv nets on (N, C, L) inputs (dims=1) or (N, C, H, W) inputs (dims=2).
 
     Up to ``max_blocks`` blocks (conv [BN], BN, ReLU, max pool, residual, concat, shared conv,
-    multi-user conv), then sometimes a flatten + linear head.
+    multi-user conv), then sometimes a flatten + linear head. Inputs are normal or on a grid of
+    halves (ties, exact zeros of both signs); with ``specials`` also with +-inf entries (for passes
+    whose layers map infinities exactly: the outputs may then hold inf or NaN).
     """
     dims = tuple(dims)
     if not dims or not set(dims) <= {1, 2}:
         raise ValueError(f"dims must be a non-empty subset of (1, 2), got {dims!r}")
     _check_max_blocks(max_blocks)
-    return _conv_models(dims, max_blocks)
+    return _conv_models(dims, max_blocks, specials)
 
 
-def mlp_models(max_blocks: int = 4) -> SearchStrategy[ModelCase]:
-    """Small MLPs on (N, F) inputs: linear [BN], BN, ReLU, residual, concat, shared, multi-user."""
+def mlp_models(max_blocks: int = 4, *, specials: bool = False) -> SearchStrategy[ModelCase]:
+    """Small MLPs on (N, F) inputs: linear [BN], BN, ReLU, residual, concat, shared, multi-user;
+    input values as for :func:`conv_models`."""
     _check_max_blocks(max_blocks)
-    return _mlp_models(max_blocks)
+    return _mlp_models(max_blocks, specials)
 
 
-def models() -> SearchStrategy[ModelCase]:
-    """Any model from conv_models() or mlp_models()."""
-    return st.one_of(conv_models(), mlp_models())
+def models(*, specials: bool = False) -> SearchStrategy[ModelCase]:
+    """Any model from conv_models() or mlp_models() (``specials``: see :func:`conv_models`)."""
+    return st.one_of(conv_models(specials=specials), mlp_models(specials=specials))
