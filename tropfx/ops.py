@@ -231,6 +231,10 @@ for _nd, _fn, _tfn, _cls in (
                  "return_indices": False}
     register_function(_fn, "max_pool", (*_MAX_POOL_PARAMS, "return_indices"), _defaults,
                       {"ndim": _nd})
+    # F.max_poolNd(..., return_indices=True) traces as its _with_indices twin.
+    register_function(getattr(F, f"max_pool{_nd}d_with_indices"), "max_pool",
+                      (*_MAX_POOL_PARAMS, "return_indices"), _defaults,
+                      {"ndim": _nd, "return_indices": True})
     # torch.max_poolNd spells "stride = kernel" as an empty list.
     register_function(_tfn, "max_pool", _MAX_POOL_PARAMS, {**_defaults, "stride": ()},
                       {"ndim": _nd, "return_indices": False})
@@ -350,6 +354,9 @@ for _nd in (1, 2, 3):
     _fn = getattr(F, f"adaptive_max_pool{_nd}d")
     register_function(_fn, "adaptive_max_pool", ("input", "output_size", "return_indices"),
                       {"return_indices": False}, {"ndim": _nd})
+    register_function(getattr(F, f"adaptive_max_pool{_nd}d_with_indices"), "adaptive_max_pool",
+                      ("input", "output_size", "return_indices"), {}, {"ndim": _nd,
+                                                                      "return_indices": True})
     register_module(getattr(nn, f"AdaptiveMaxPool{_nd}d"), "adaptive_max_pool", lambda m, nd=_nd: {
         "ndim": nd, "output_size": m.output_size, "return_indices": m.return_indices})
 
