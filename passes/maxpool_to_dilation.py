@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import fx
 
 from tropfx.hooks import carry_hooks
@@ -59,7 +60,10 @@ class MaxPoolToDilation(GraphPass):
             pool = match_op(node, gm)
             if pool is None or pool.op not in _PLANS:
                 continue
-            plan = _PLANS[pool.op](pool, node)
+            # The layers' random init is overwritten by the flat SE: it must not draw from the
+            # caller's global RNG (a seeded run would depend on which passes ran).
+            with torch.random.fork_rng(devices=[]):
+                plan = _PLANS[pool.op](pool, node)
             if plan is None:
                 continue  # not a pooling (an amax over the channels, say)
             if isinstance(plan, str):

@@ -200,3 +200,22 @@ def test_the_exact_pass_leaves_the_global_rng_alone():
     torch.manual_seed(5)
     torch.randn(2, 4)
     assert torch.equal(torch.rand(3), after)
+
+
+def test_clipped_relu_rewrite_saves_loads_and_lowers_bitwise(tmp_path):
+    from tropfx import kernels as K
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU6(), nn.Flatten(), nn.Linear(27, 4),
+                          nn.Hardtanh(-1.0, 0.5))
+    x = boundary_input(0.0, 6.0, shape=(2, 2, 5, 5))
+    cm = tropfx.compile(model, [tp.relu_to_maxplus()], example_inputs=(x,))
+    tropfx.save(cm, tmp_path / "m.tropfx")
+    again = tropfx.load(tmp_path / "m.tropfx")
+    same = {"rtol": 0, "atol": 0, "equal_nan": True}
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), cm(x), **same)
+    if not K.load():
+        pytest.skip(f"C++ kernels unavailable: {K.build_info()['error']}")
+    lowered = tropfx.compile(model, [tp.relu_to_maxplus(), tp.lower_kernels()], example_inputs=(x,))
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(x), model(x), **same)

@@ -125,3 +125,13 @@ def test_functional_pools_with_indices_are_seen_and_declined():
     cm = tropfx.compile(WithIndices(), [tp.maxpool_to_dilation()],
                         example_inputs=(torch.randn(1, 2, 4, 4),))
     assert "return_indices=True" in cm.report[1].skipped[0].reason
+
+
+def test_the_pass_leaves_the_global_rng_alone():
+    model = nn.Sequential(nn.MaxPool2d(2), nn.AdaptiveMaxPool2d(1))
+    x = torch.randn(1, 2, 4, 4)
+    torch.manual_seed(5)
+    tropfx.compile(model, [tp.maxpool_to_dilation()], example_inputs=(x,))
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), after)
