@@ -73,6 +73,19 @@ _POOL_FUNCTIONS = {getattr(F, f"{k}max_pool{d}d{t}") for k in ("", "adaptive_") 
                    for t in ("", "_with_indices")}
 
 
+def _spatial_max(n) -> bool:
+    """amax / max over a spatial dim of an (N, C, L) or (N, C, H, W) tensor (shapes needed)."""
+    if n.target not in (torch.amax, torch.max, "amax", "max") or n.op not in ("call_function",
+                                                                              "call_method"):
+        return False
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    dims = (dims,) if isinstance(dims, int) else dims
+    meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], torch.fx.Node) else None
+    if not isinstance(dims, (tuple, list)) or not dims or meta is None or len(meta.shape) not in (3, 4):
+        return False
+    return all(isinstance(d, int) for d in dims) and any(d % len(meta.shape) >= 2 for d in dims)
+
+
 def candidates(gm: torch.fx.GraphModule) -> Counter:
     """Nodes each pass should look at, recognized by module type and torch function name."""
     found: Counter = Counter()
@@ -85,7 +98,8 @@ def candidates(gm: torch.fx.GraphModule) -> Counter:
                 or (n.op == "call_function" and n.target in _ACT_FUNCTIONS) \
                 or (n.op == "call_method" and n.target in _ACT_METHODS):
             found["relu_to_maxplus"] += 1
-        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS):
+        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS) \
+                or _spatial_max(n):
             found["maxpool_to_dilation"] += 1
     return found
 
@@ -121,7 +135,7 @@ def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
 def run_model(zoo: str, name: str, tv, timm, repeats: int, export: bool) -> dict:
     model, x = build(zoo, name, tv, timm)
     row = {"model": f"{zoo}:{name}"}
-    expected = candidates(tropfx.compile(model, []))
+    expected = candidates(tropfx.compile(model, [], example_inputs=(x,)))
     t0 = time.perf_counter()
     cm = tropfx.compile(model, [p() for p in PASSES], example_inputs=(x,))
     row["compile_s"] = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,7 +38,8 @@ class MaxPoolToDilation(GraphPass):
     * ``AdaptiveMaxPool1d/2d``, ``F.adaptive_max_pool1d/2d`` -> the dilation with kernel = stride =
       ``input size / output size``, when the output size divides the input size (the shape is
       known from example inputs);
-    * global max ``x.amax(dim=spatial dims)`` / ``torch.amax`` -> the dilation whose kernel is the
+    * global max ``x.amax(dim=spatial dims)`` / ``torch.amax``, and ``x.max(2)`` of an (N, C, L)
+      signal used for its values (``x.flatten(2).max(2)[0]``) -> the dilation whose kernel is the
       whole image, then ``flatten(1)`` unless ``keepdim``.
 
     Exact: a max pool *is* the dilation by a flat SE (Sparse Hybrid Linear-Morphological Networks,
@@ -75,6 +77,10 @@ class MaxPoolToDilation(GraphPass):
                 carry_hooks(gm.get_submodule(node.target), layer)
             new = replace_with_module(gm, node, layer, f"{node.name}_dilation", (pool["input"],))
             text = f"{node.name} -> {new.target}"
+            if pool.op == "max":  # (values, indices)[0] -> the values themselves
+                for user in list(new.users):
+                    user.replace_all_uses_with(new)
+                    gm.graph.erase_node(user)
             if flatten:  # amax without keepdim: (N, C, 1, 1) -> (N, C)
                 users = list(new.users)
                 with gm.graph.inserting_after(new):
@@ -157,13 +163,36 @@ def _amax(pool: OpMatch, node: fx.Node) -> Plan | str | None:
     if dims != spatial:
         return (f"amax over dims {sorted(dims)} of a {rank}-D tensor: only the global max over "
                 f"all spatial dims {sorted(spatial)} is a dilation")
-    meta = node.meta.get("tensor_meta")
+    meta = x.meta.get("tensor_meta")
     if meta is None or not meta.dtype.is_floating_point:
         return "not a floating-point tensor"
     return _DILATION[rank - 2].flat(shape[1], kernel_size=shape[2:], stride=1), not pool["keepdim"]
 
 
-_PLANS = {"max_pool": _max_pool, "adaptive_max_pool": _adaptive_max_pool, "amax": _amax}
+def _max(pool: OpMatch, node: fx.Node) -> Plan | str | None:
+    """``torch.max(x, dim)`` of an (N, C, L) signal over L, used only for its values."""
+    if not isinstance(pool["dim"], int) or isinstance(pool["dim"], bool):
+        return None  # element-wise (relu_to_maxplus's) or over everything: not a pooling
+    x = pool["input"]
+    shape = tensor_shape(x) if isinstance(x, fx.Node) else None
+    if shape is None or len(shape) not in (3, 4) or pool["dim"] % len(shape) < 2:
+        return None if shape is not None else \
+            "input shape unknown; pass example_inputs so channels are known"
+    if len(shape) == 4:
+        return ("max over one of two spatial dims is not a global max; use amax(dim=(2, 3)) or "
+                "flatten(2).max(2)")
+    if not all(_reads_values(u) for u in node.users):
+        return "its indices are used: a dilation has no indices"
+    plan = _amax(type(pool)("amax", {"input": x, "dim": (2,), "keepdim": pool["keepdim"]}), node)
+    return plan
+
+
+def _reads_values(user: fx.Node) -> bool:
+    return (user.op == "call_function" and user.target is operator.getitem and user.args[1] == 0) \
+        or (user.op == "call_function" and user.target is getattr and user.args[1] == "values")
+
+
+_PLANS = {"max_pool": _max_pool, "adaptive_max_pool": _adaptive_max_pool, "amax": _amax, "max": _max}
 
 
 def maxpool_to_dilation() -> MaxPoolToDilation:

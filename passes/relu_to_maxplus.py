@@ -171,7 +171,7 @@ class ReluToMaxPlus(GraphPass):
         generator = torch.Generator().manual_seed(self.seed)
         not_tropical: Counter[str] = Counter()
         for node in list(gm.graph.nodes):
-            op = match_op(node, gm)
+            op = _elementwise(match_op(node, gm))
             if op is None or op.op not in _CANDIDATES:
                 continue
             if op.op == "activation":
@@ -265,6 +265,15 @@ _CANDIDATES = frozenset({"relu", "clamp", "threshold", "leaky_relu", "maximum", 
                          "activation"})
 _KINDS = {"relu": "ReLU", "clamp": "clamp", "threshold": "threshold", "leaky_relu": "LeakyReLU",
           "maximum": "torch.maximum", "minimum": "torch.minimum"}
+
+
+def _elementwise(op: OpMatch | None) -> OpMatch | None:
+    """``torch.max(x, other)`` as ``maximum`` (``torch.min`` as ``minimum``); a reduction is None."""
+    if op is None or op.op not in ("max", "min"):
+        return op
+    if not isinstance(op["dim"], fx.Node):
+        return None  # a reduction over dims (maxpool_to_dilation's), or over everything
+    return OpMatch("maximum" if op.op == "max" else "minimum", {"input": op["input"], "other": op["dim"]})
 
 
 def _kind(op: OpMatch) -> str:

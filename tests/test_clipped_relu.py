@@ -43,6 +43,8 @@ CLIPS = {  # spelling: (module, lo, hi)
     "torch.maximum-zeros_like": (lambda: Fn(lambda x: torch.maximum(x, torch.zeros_like(x))), 0.0,
                                  None),
     "torch.maximum-tensor": (lambda: Fn(lambda x: torch.maximum(x, torch.tensor(0.0))), 0.0, None),
+    "torch.max-zeros_like": (lambda: Fn(lambda x: torch.max(x, torch.zeros_like(x))), 0.0, None),
+    "x.min-tensor": (lambda: Fn(lambda x: x.min(torch.tensor(2.0))), None, 2.0),
     "torch.minimum-full_like": (lambda: Fn(lambda x: torch.minimum(x, torch.full_like(x, 6.0))),
                                 None, 6.0),
     "F.threshold": (lambda: Fn(lambda x: F.threshold(x, 0.0, 0.0)), 0.0, None),

@@ -49,6 +49,10 @@ GLOBAL = {
     "amax(-1,-2)-keepdim": (lambda: Fn(lambda x: torch.amax(x, (-1, -2), keepdim=True)),
                             (2, 3, 4, 5), Dilation2d),
     "amax(-1) 1-D": (lambda: Fn(lambda x: x.amax(-1)), (2, 3, 7), Dilation1d),
+    "flatten(2).max(2)[0]": (lambda: Fn(lambda x: x.flatten(2).max(2)[0]), (2, 3, 4, 5), Dilation1d),
+    "torch.max(x, -1).values": (lambda: Fn(lambda x: torch.max(x, -1).values), (2, 3, 7), Dilation1d),
+    "x.max(2, keepdim=True)[0]": (lambda: Fn(lambda x: x.max(2, keepdim=True)[0]), (2, 3, 7),
+                                  Dilation1d),
 }
 
 
@@ -115,6 +119,18 @@ def test_a_pooling_modules_hooks_move_to_its_dilation():
     seen.clear()
     cm(x)
     assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(seen, expected, strict=True))
+
+
+def test_a_max_whose_indices_are_used_or_over_one_of_two_dims_is_declined():
+    class Indices(nn.Module):
+        def forward(self, x):
+            values, indices = x.flatten(2).max(2)
+            return values + indices + x.max(2)[0].sum() + x.max(1)[0].sum() + torch.max(x).sum()
+
+    cm = tropfx.compile(Indices(), [tp.maxpool_to_dilation()], example_inputs=(torch.randn(2, 3, 4, 5),))
+    reasons = sorted(s.reason for s in cm.report[1].skipped)
+    assert len(reasons) == 2 and "its indices are used" in reasons[0]
+    assert "max over one of two spatial dims" in reasons[1]
 
 
 def test_functional_pools_with_indices_are_seen_and_declined():

@@ -33,6 +33,19 @@ _POOL_FUNCTIONS = {getattr(F, f"{kind}max_pool{nd}d{tail}") for kind in ("", "ad
                    for nd in (1, 2, 3) for tail in ("", "_with_indices")}
 
 
+def _spatial_max(n) -> bool:
+    """amax / max over a spatial dim of an (N, C, L) or (N, C, H, W) tensor (shapes needed)."""
+    if n.target not in (torch.amax, torch.max, "amax", "max") or n.op not in ("call_function",
+                                                                              "call_method"):
+        return False
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    dims = (dims,) if isinstance(dims, int) else dims
+    meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], torch.fx.Node) else None
+    if not isinstance(dims, (tuple, list)) or not dims or meta is None or len(meta.shape) not in (3, 4):
+        return False
+    return all(isinstance(d, int) for d in dims) and any(d % len(meta.shape) >= 2 for d in dims)
+
+
 def candidates(gm: fx.GraphModule) -> dict[str, int]:
     """What each pass should look at in ``gm``, counted by module type and function name."""
     found = {"fuse_batchnorm": 0, "relu_to_maxplus": 0, "maxpool_to_dilation": 0}
@@ -45,14 +58,15 @@ def candidates(gm: fx.GraphModule) -> dict[str, int]:
                 or (n.op == "call_function" and n.target in _ACTIVATION_FUNCTIONS) \
                 or (n.op == "call_method" and n.target in _ACTIVATION_METHODS):
             found["relu_to_maxplus"] += 1
-        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS):
+        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS) \
+                or _spatial_max(n):
             found["maxpool_to_dilation"] += 1
     return found
 
 
 def check_model(model: nn.Module, inputs: tuple) -> tropfx.report.Report:
     before = state_checksum(model)
-    traced = tropfx.compile(model, [])
+    traced = tropfx.compile(model, [], example_inputs=inputs)  # shapes: spatial dims of amax
     expected = candidates(traced)
     cm = tropfx.compile(model, [p() for p in EXACT], example_inputs=inputs)
     for row in cm.report.rows[1:]:

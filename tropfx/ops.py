@@ -24,6 +24,8 @@ Canonical operations and their arguments (``input`` is always the main tensor op
 ``maximum``     input, other (element-wise, NaN-propagating; ``minimum`` likewise)
 ``leaky_relu``  input, negative_slope, inplace
 ``amax``        input, dim, keepdim (``amin`` likewise)
+``max``         input, dim, keepdim: ``torch.max`` / ``x.max``; ``dim`` is a node for the
+                element-wise ``torch.max(x, other)`` (``min`` likewise)
 ``adaptive_max_pool``  input, ndim, output_size, return_indices
 ``activation``  input, kind: a nonlinearity with no exact tropical form (GELU, SiLU, Sigmoid,
                 Hardswish, ELU, ...), recognized so that passes can list what they did not rewrite
@@ -347,6 +349,11 @@ register_module(nn.LeakyReLU, "leaky_relu", lambda m: {"negative_slope": m.negat
 
 # --- global and adaptive max: amax over dims, adaptive max pooling --------------------------------
 
+# torch.max / torch.min: a reduction when ``dim`` is an int (returning values and indices), the
+# element-wise maximum / minimum when the second argument is a tensor (then ``dim`` holds it).
+for _op in ("max", "min"):
+    register_function(getattr(torch, _op), _op, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
+    register_method(_op, _op, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
 for _op in ("amax", "amin"):
     register_function(getattr(torch, _op), _op, ("input", "dim", "keepdim"), {"dim": (), "keepdim": False})
     register_method(_op, _op, ("input", "dim", "keepdim"), {"dim": (), "keepdim": False})

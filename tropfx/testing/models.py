@@ -338,7 +338,8 @@ class ViTTiny(nn.Module):
 
 class _Net(nn.Module):
     """``stem -> body -> global pool -> flatten -> Linear``; submodules named as given (names with
-    ``-``, as RegNet's ``block1-0``, are added with ``add_module``)."""
+    ``-``, as RegNet's ``block1-0``, are added with ``add_module``). ``pool``: ``"avg"``, ``"max"``
+    (AdaptiveMaxPool2d) or ``"amax"`` (``x.amax((2, 3))``)."""
 
     def __init__(self, stem: nn.Module, body: list[tuple[str, nn.Module]], channels: int,
                  pool: str = "avg", classes: int = 5):
@@ -347,14 +348,15 @@ class _Net(nn.Module):
         self.names = [name for name, _ in body]
         for name, module in body:
             self.add_module(name, module)
-        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
+        self.global_max = pool == "amax"  # x.amax((2, 3)), as a global max pool is often written
+        self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for name in self.names:
             x = getattr(self, name)(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(x.amax((2, 3)) if self.global_max else torch.flatten(self.pool(x), 1))
 
 
 def _mobilenet_v2(w: int) -> nn.Module:
@@ -401,7 +403,7 @@ def _resnext(w: int) -> nn.Module:
 
 def _shufflenet(w: int) -> nn.Module:
     return _Net(nn.Sequential(conv_bn(3, 2 * w, 3, 2), nn.MaxPool2d(3, 2, 1)),
-                [("stage2", nn.Sequential(ShuffleUnit(2 * w), ShuffleUnit(2 * w)))], 2 * w)
+                [("stage2", nn.Sequential(ShuffleUnit(2 * w), ShuffleUnit(2 * w)))], 2 * w, pool="amax")
 
 
 def _inception(w: int) -> nn.Module:
