@@ -79,7 +79,7 @@ def hooked(where: str, kind: str):
 @pytest.mark.parametrize("where", ["bn", "conv"])
 def test_a_hooked_batchnorm_or_layer_is_skipped_with_the_reason(where, kind):
     model, seen = hooked(where, kind)
-    x = torch.randn(2, 3, 6, 6)
+    x = torch.randn(2, 3, 6, 6, requires_grad=kind == "backward")
     cm = assert_pass_preserves(tp.fuse_batchnorm(), model, x)
     (skip,) = cm.report[1].skipped
     name = "1 (BatchNorm2d)" if where == "bn" else "0 (Conv2d)"
