@@ -146,6 +146,10 @@ class Report:
         lines = [f"tropfx report: {self.model} ({self.seconds:.2f} s{on})"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                   for row in table]
+        lossy = [r.stage for r in self.rows[1:] if r.exact is False]
+        if lossy:
+            lines.append(f"lossy: {', '.join(lossy)} (declared not exact: the error is recorded, "
+                         "not held to a tolerance)")
         layers = [(r.stage, layer) for r in self.rows for layer in r.info.get("layers", ())
                   if isinstance(layer, dict) and {"layer", "n", "K"} <= layer.keys()]
         if layers:
