@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten
 
 from tropfx import bise_math
 from tropfx.errors import InputError, ParameterError
+from tropfx.hooks import hook_reason
 from tropfx.measure import clone_inputs, describe_inputs, eval_mode
 from tropfx.nn.binary import (
     BINARY_LAYERS,
@@ -28,9 +29,9 @@ from tropfx.nn.binary import (
     BinaryMorphology2d,
     ThresholdedConv2d,
 )
-from tropfx.nn.bise import LUI, BiSE, BiSEL, BiSEModule, DenseLUI, LevelSetEncoder
+from tropfx.nn.bise import LUI, BiSE, BiSEL, BiSEModule, DenseLUI, LevelSetEncoder, smooth_threshold
 from tropfx.pass_base import GraphPass, PassResult, PassStats
-from tropfx.rewrite import _free_name, float_dtype, replace_with_module
+from tropfx.rewrite import _free_name, float_dtype, replace_with_module, tensor_shape
 
 __all__ = ["BINARIZERS", "BINARY_OUTPUT", "METHODS", "MOVES_VALUES", "BinarizeBiSE", "Binarized",
            "NeuronBank", "binarize_bise", "bit_agreement", "count_threshold", "plan_neurons"]
@@ -280,7 +281,11 @@ class BinarizeBiSE(GraphPass):
     Not exact (``exact=False``): the runner records the error against the float stage (infinite for
     a bool output, whose dtype differs), and ``agreement`` says what changed. Preconditions, checked
     before anything changes: finite parameters (else :class:`ParameterError` naming the layer);
-    layers called on one tensor (else skipped with the reason).
+    layers called on one tensor, and carrying no hooks (:mod:`tropfx.hooks`; else skipped with the
+    reason). A root ``BiSEL`` is traced into its ``bise`` and ``lui`` layers, both replaced (a BiSE
+    bank reading one shared channel gets ``.repeat`` first); BiSE math traced op by op -- a root
+    ``BiSE``, ``LUI`` or ``DenseLUI``, or a forward calling ``BiSE.forward_shared`` -- cannot be
+    replaced and each of its thresholds is listed as skipped.
     """
 
     method: str = "exact"
@@ -315,6 +320,9 @@ class BinarizeBiSE(GraphPass):
     def run(self, gm: fx.GraphModule) -> PassResult:
         stats = PassStats(info={"method": self.method, "last_layer": self.last_layer})
         layers = {n: fn for n in gm.graph.nodes if (fn := _binarizer(n, gm)) is not None}
+        for node in gm.graph.nodes:  # BiSE math traced op by op: not a layer node we can replace
+            if node.op == "call_function" and node.target is smooth_threshold:
+                stats.skip(node, INLINE)
         if not layers:
             stats.info["note"] = "no BiSE, LUI, BiSEL or DenseLUI layer"
             return PassResult(gm, False, stats)
@@ -332,10 +340,14 @@ class BinarizeBiSE(GraphPass):
                 stats.skip(node, "kept in float (last_layer='float'): no BiSE layer follows it")
             elif len(node.args) != 1 or node.kwargs:
                 stats.skip(node, "called with other arguments than one input tensor")
+            elif reason := _hooked(gm.get_submodule(node.target), node.target):
+                stats.skip(node, reason)
             else:
                 x = node.args[0]
+                module = gm.get_submodule(node.target)
                 delta = deltas.get(x, NO_GUARANTEE) if isinstance(x, fx.Node) else NO_GUARANTEE
-                plans[node] = layers[node](gm.get_submodule(node.target), delta, plan, node.target)
+                plans[node] = layers[node](module, delta, plan, node.target)
+                _share_input(plans[node], module, x)
                 deltas[node] = plans[node].delta
 
         inputs, described = self._agreement_inputs(gm)
@@ -385,6 +397,29 @@ class BinarizeBiSE(GraphPass):
         g = torch.Generator().manual_seed(self.seed)
         xs = tuple((torch.rand(tuple(m.shape), generator=g) < 0.5).to(device, m.dtype) for m in metas)
         return xs, f"random binary {describe_inputs(xs)} (seed {self.seed}); pass inputs= for real data"
+
+
+INLINE = ("a BiSE threshold traced op by op (the compiled model is itself a BiSE / LUI / DenseLUI, "
+          "or a forward calls a BiSE layer's methods): binarize_bise replaces BiSE layers called "
+          "as submodules; compile nn.Sequential(layer), or call the layer itself")
+
+
+def _hooked(module: nn.Module, path: str) -> str | None:
+    """Why a layer carrying hooks (on itself or a submodule, e.g. BiSEL.bise) is not replaced."""
+    return next((r for name, m in module.named_modules()
+                 if (r := hook_reason(m, f"{path}.{name}" if name else path, "binarizing it"))), None)
+
+
+def _share_input(binarized: Binarized, module: nn.Module, x: Any) -> None:
+    """A BiSE bank reading one shared channel (``BiSE.forward`` on (N, 1, H, W), as in
+    ``BiSEL(1, K)``) gets its input copied to its ``channels`` first, as the binary layers need."""
+    if not isinstance(module, BiSE) or module.channels == 1:
+        return
+    shape = tensor_shape(x) if isinstance(x, fx.Node) else None
+    if shape is None:  # unknown: expand is a no-op on `channels` channels and copies one channel
+        binarized.steps.insert(0, ("expand", (-1, module.channels, -1, -1)))
+    elif shape[1] == 1:
+        binarized.steps.insert(0, ("repeat", (1, module.channels, 1, 1)))
 
 
 def _deviation(node: fx.Node, gm: fx.GraphModule, deltas: dict[fx.Node, float]) -> float:

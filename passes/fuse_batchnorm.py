@@ -11,11 +11,13 @@ import torch
 from torch import fx, nn
 
 from tropfx.folding import batchnorm_affine, fold_affine
+from tropfx.hooks import hook_reason
 from tropfx.ops import OpMatch, constant_value, match_op
 from tropfx.pass_base import GraphPass, PassResult, PassStats
 from tropfx.rewrite import tensor_shape
 
-__all__ = ["FOLDABLE", "Foldable", "FuseBatchNorm", "fuse_batchnorm"]
+__all__ = ["FOLDABLE", "METADATA_ATTRS", "METADATA_METHODS", "Foldable", "FuseBatchNorm", "fuse_batchnorm",
+           "reads_metadata_only"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,27 @@ FOLDABLE: dict[type[nn.Module], Foldable] = {
     nn.ConvTranspose3d: Foldable(rank=5, transposed=True),
 }
 _BN_RANK = {nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}  # module BNs that reject any other rank
+
+# Users that read only a tensor's metadata, never its values: folding leaves shape, dtype and device
+# of the layer's output as they were, so these uses are unchanged (timm's BatchNormAct2d does
+# ``torch._assert(x.ndim == 4, ...)`` on the conv output before its batch_norm).
+METADATA_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout", "is_sparse",
+                            "is_quantized", "is_meta"})
+METADATA_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "element_size",
+                              "get_device", "is_floating_point", "is_complex"})
+
+
+def reads_metadata_only(user: fx.Node, value: fx.Node) -> bool:
+    """True when ``user`` reads only the metadata of ``value`` (``x.shape``, ``x.size(1)``,
+    ``x.ndim``, ``len(x)``, ...), not its values."""
+    if user.op == "call_function" and user.target is getattr:
+        return user.args[0] is value and user.args[1:2] != () and user.args[1] in METADATA_ATTRS
+    if user.op == "call_function" and user.target is len:
+        return True
+    if user.op == "call_method" and user.target in METADATA_METHODS:
+        return user.args[0] is value and all(a is not value for a in (*user.args[1:],
+                                                                      *user.kwargs.values()))
+    return False
 
 
 def _foldable(module: nn.Module) -> Foldable | None:
@@ -70,8 +93,12 @@ class FuseBatchNorm(GraphPass):
 
     * the BatchNorm uses running statistics (eval mode, ``track_running_stats``) that are finite
       with ``running_var + eps > 0``;
-    * the layer's output has no other user, and the layer module is called once in the graph and
-      its parameters are not read elsewhere (folding would change the other uses);
+    * the layer's output has no other user that reads its values (metadata reads -- ``.shape``,
+      ``.size()``, ``.ndim``, ``.dim()``, ``.dtype``, ``.device`` and the asserts over them -- are
+      fine: folding keeps them), and the layer module is called once in the graph and its
+      parameters are not read elsewhere (folding would change the other uses);
+    * neither the BatchNorm module nor the layer carries hooks (:mod:`tropfx.hooks`: folding would
+      drop the BatchNorm's and change what the layer's see);
     * BatchNorm's channel dimension is the layer's output channel: the output rank must be known
       from example inputs for Linear and Conv1d (an unbatched input would put other features at
       dim 1), or be enforced by a BatchNorm2d/3d module.
@@ -131,9 +158,15 @@ def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
         return "running_var + eps is not positive everywhere"
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):
         return f"{name} is a lazy module that was never run; run the model once first"
-    if len(producer.users) > 1:
-        others = sorted(u.name for u in producer.users if u is not node)
+    others = sorted(u.name for u in producer.users
+                    if u is not node and not reads_metadata_only(u, producer))
+    if others:
         return f"the output of {name} is also used by {others}; folding would change those uses"
+    for module, path, action in ((bn.module, node.target, "folding it away"),
+                                 (layer, name, "folding a BatchNorm into it")):
+        reason = hook_reason(module, str(path), action) if module is not None else None
+        if reason:
+            return reason
     if calls[name] > 1:
         return (f"{name} is called {calls[name]} times in the graph (a shared module); "
                 "folding into it would change the other calls")
@@ -160,14 +193,20 @@ def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
 
 
 def _describe(value: object, gm: fx.GraphModule) -> str:
+    """What kind of value feeds a BatchNorm, without the node's name: identical reasons group in the
+    report (DenseNet has dozens of BatchNorms after a concatenation)."""
     if not isinstance(value, fx.Node):
         return repr(value)
     if value.op == "call_module":
-        return f"{value.name} ({type(gm.get_submodule(value.target)).__name__})"
-    if value.op in ("call_function", "call_method"):
-        target = getattr(value.target, "__name__", value.target)
-        return f"{value.name} ({value.op} {target})"
-    return f"{value.name} ({value.op})"
+        return f"a {type(gm.get_submodule(value.target)).__name__} module"
+    if value.op == "call_function" and match_op(value, gm) is not None \
+            and match_op(value, gm).op == "cat":
+        return "a concatenation (torch.cat)"
+    if value.op == "call_function":
+        return f"a call of {getattr(value.target, '__name__', value.target)}"
+    if value.op == "call_method":
+        return f"a .{value.target}() call"
+    return {"placeholder": "a model input", "get_attr": "a stored tensor"}.get(value.op, value.op)
 
 
 def _apply(gm: fx.GraphModule, fold: _Fold) -> None:

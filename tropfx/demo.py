@@ -115,9 +115,10 @@ def run_demo(epochs: int = 30, seed: int = 0, max_seconds: float | None = 60.0) 
     shows."""
     if epochs < 1:
         raise InputError(f"demo: epochs={epochs}; train for at least 1 epoch")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+        torch.manual_seed(seed)
+        model = SmallCNN()
     x_train, y_train, x_test, y_test = load_digits(seed)
-    model = SmallCNN()
     requested = epochs
     epochs = train(model, x_train, y_train, epochs, seed, max_seconds)
     compiled = tropfx.compile(

@@ -18,6 +18,17 @@ Canonical operations and their arguments (``input`` is always the main tensor op
 ``add``         input, other, alpha
 ``cat``         tensors, dim
 ``flatten``     input, start_dim, end_dim
+``clamp``       input, min, max, inplace (``ReLU6``, ``Hardtanh``, ``clamp`` / ``clip`` /
+                ``clamp_min`` / ``clamp_max``; a missing bound is ``None``)
+``threshold``   input, threshold, value, inplace (``y = x if x > threshold else value``)
+``maximum``     input, other (element-wise, NaN-propagating; ``minimum`` likewise)
+``leaky_relu``  input, negative_slope, inplace
+``amax``        input, dim, keepdim (``amin`` likewise)
+``max``         input, dim, keepdim: ``torch.max`` / ``x.max``; ``dim`` is a node for the
+                element-wise ``torch.max(x, other)`` (``min`` likewise)
+``adaptive_max_pool``  input, ndim, output_size, return_indices
+``activation``  input, kind: a nonlinearity with no exact tropical form (GELU, SiLU, Sigmoid,
+                Hardswish, ELU, ...), recognized so that passes can list what they did not rewrite
 ==============  =================================================================================
 
 For module spellings, tensor arguments (weights, running statistics) are the module's tensors; for
@@ -55,6 +66,8 @@ class _Signature:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     # implied by the spelling itself, e.g. relu_ -> inplace=True
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    # the function's own keyword names that differ from the canonical ones (min_val -> min)
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     def bind(self, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         if len(args) > len(self.params):
@@ -62,6 +75,7 @@ class _Signature:
         bound = dict(self.defaults)
         bound.update(zip(self.params, args, strict=False))
         for key, value in kwargs.items():
+            key = self.aliases.get(key, key)
             if key not in self.params:
                 return None  # a spelling we do not know: decline rather than guess
             bound[key] = value
@@ -100,13 +114,16 @@ def register_function(
     params: Iterable[str],
     defaults: Mapping[str, Any] | None = None,
     fixed: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> None:
     """Teach :func:`match_op` that ``call_function`` nodes of ``fn`` are ``op``.
 
     ``params`` names the positional parameters of ``fn`` in order, in canonical names;
-    ``defaults`` gives values of omitted ones and ``fixed`` values implied by ``fn`` itself.
+    ``defaults`` gives values of omitted ones and ``fixed`` values implied by ``fn`` itself;
+    ``aliases`` maps ``fn``'s own keyword names to canonical ones where they differ.
     """
-    _FUNCTIONS[fn] = _Signature(op, tuple(params), dict(defaults or {}), dict(fixed or {}))
+    _FUNCTIONS[fn] = _Signature(op, tuple(params), dict(defaults or {}), dict(fixed or {}),
+                                dict(aliases or {}))
 
 
 def register_method(
@@ -216,6 +233,10 @@ for _nd, _fn, _tfn, _cls in (
                  "return_indices": False}
     register_function(_fn, "max_pool", (*_MAX_POOL_PARAMS, "return_indices"), _defaults,
                       {"ndim": _nd})
+    # F.max_poolNd(..., return_indices=True) traces as its _with_indices twin.
+    register_function(getattr(F, f"max_pool{_nd}d_with_indices"), "max_pool",
+                      (*_MAX_POOL_PARAMS, "return_indices"), _defaults,
+                      {"ndim": _nd, "return_indices": True})
     # torch.max_poolNd spells "stride = kernel" as an empty list.
     register_function(_tfn, "max_pool", _MAX_POOL_PARAMS, {**_defaults, "stride": ()},
                       {"ndim": _nd, "return_indices": False})
@@ -281,3 +302,103 @@ register_method("flatten", "flatten", ("input", "start_dim", "end_dim"),
                 {"start_dim": 0, "end_dim": -1})
 register_module(nn.Flatten, "flatten", lambda m: {"start_dim": m.start_dim,
                                                    "end_dim": m.end_dim})
+
+# --- clipped ReLUs: clamp(x, min, max) in every spelling ------------------------------------------
+
+register_module(nn.Hardtanh, "clamp", lambda m: {  # nn.ReLU6 is a Hardtanh(0, 6)
+    "min": m.min_val, "max": m.max_val, "inplace": m.inplace})
+register_function(F.relu6, "clamp", ("input", "inplace"), {"inplace": False}, {"min": 0.0, "max": 6.0})
+_HARDTANH_NAMES = {"min_val": "min", "max_val": "max"}
+register_function(F.hardtanh, "clamp", ("input", "min", "max", "inplace"),
+                  {"min": -1.0, "max": 1.0, "inplace": False}, aliases=_HARDTANH_NAMES)
+register_function(F.hardtanh_, "clamp", ("input", "min", "max"), {"min": -1.0, "max": 1.0},
+                  {"inplace": True}, aliases=_HARDTANH_NAMES)
+for _fn in (torch.clamp, torch.clip):
+    register_function(_fn, "clamp", ("input", "min", "max"), {"min": None, "max": None},
+                      {"inplace": False})
+for _fn in (torch.clamp_, torch.clip_):
+    register_function(_fn, "clamp", ("input", "min", "max"), {"min": None, "max": None},
+                      {"inplace": True})
+for _name in ("clamp", "clip", "clamp_", "clip_"):
+    register_method(_name, "clamp", ("input", "min", "max"), {"min": None, "max": None},
+                    {"inplace": _name.endswith("_")})
+for _side, _other in (("min", "max"), ("max", "min")):
+    register_function(getattr(torch, f"clamp_{_side}"), "clamp", ("input", _side), fixed={
+        _other: None, "inplace": False})
+    for _suffix in ("", "_"):
+        register_method(f"clamp_{_side}{_suffix}", "clamp", ("input", _side), fixed={
+            _other: None, "inplace": _suffix == "_"})
+
+for _fn in {F.threshold, getattr(F, "_threshold", F.threshold), torch.threshold}:
+    register_function(_fn, "threshold", ("input", "threshold", "value", "inplace"), {"inplace": False})
+for _fn in (F.threshold_, torch.threshold_):
+    register_function(_fn, "threshold", ("input", "threshold", "value"), fixed={"inplace": True})
+register_module(nn.Threshold, "threshold", lambda m: {
+    "threshold": m.threshold, "value": m.value, "inplace": m.inplace})
+
+for _op in ("maximum", "minimum"):
+    register_function(getattr(torch, _op), _op, ("input", "other"))
+    register_method(_op, _op, ("input", "other"))
+
+register_function(F.leaky_relu, "leaky_relu", ("input", "negative_slope", "inplace"),
+                  {"negative_slope": 0.01, "inplace": False})
+register_function(F.leaky_relu_, "leaky_relu", ("input", "negative_slope"),
+                  {"negative_slope": 0.01}, {"inplace": True})
+register_module(nn.LeakyReLU, "leaky_relu", lambda m: {"negative_slope": m.negative_slope,
+                                                       "inplace": m.inplace})
+
+# --- global and adaptive max: amax over dims, adaptive max pooling --------------------------------
+
+# torch.max / torch.min: a reduction when ``dim`` is an int (returning values and indices), the
+# element-wise maximum / minimum when the second argument is a tensor (then ``dim`` holds it).
+for _op in ("max", "min"):
+    register_function(getattr(torch, _op), _op, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
+    register_method(_op, _op, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
+for _op in ("amax", "amin"):
+    register_function(getattr(torch, _op), _op, ("input", "dim", "keepdim"), {"dim": (), "keepdim": False})
+    register_method(_op, _op, ("input", "dim", "keepdim"), {"dim": (), "keepdim": False})
+for _nd in (1, 2, 3):
+    _fn = getattr(F, f"adaptive_max_pool{_nd}d")
+    register_function(_fn, "adaptive_max_pool", ("input", "output_size", "return_indices"),
+                      {"return_indices": False}, {"ndim": _nd})
+    register_function(getattr(F, f"adaptive_max_pool{_nd}d_with_indices"), "adaptive_max_pool",
+                      ("input", "output_size", "return_indices"), {}, {"ndim": _nd,
+                                                                      "return_indices": True})
+    register_module(getattr(nn, f"AdaptiveMaxPool{_nd}d"), "adaptive_max_pool", lambda m, nd=_nd: {
+        "ndim": nd, "output_size": m.output_size, "return_indices": m.return_indices})
+
+# --- nonlinearities with no exact tropical form (listed by the passes, never rewritten) -----------
+
+_ACTIVATIONS: dict[str, tuple[tuple[Callable, ...], tuple[str, ...], dict[str, Any],
+                              tuple[type[nn.Module], ...], tuple[str, ...]]] = {
+    # kind: (functions, their parameters after input, defaults, module types, tensor methods)
+    "GELU": ((F.gelu,), ("approximate",), {"approximate": "none"}, (nn.GELU,), ()),
+    "SiLU": ((F.silu,), ("inplace",), {"inplace": False}, (nn.SiLU,), ()),
+    "Mish": ((F.mish,), ("inplace",), {"inplace": False}, (nn.Mish,), ()),
+    "Hardswish": ((F.hardswish,), ("inplace",), {"inplace": False}, (nn.Hardswish,), ()),
+    "Hardsigmoid": ((F.hardsigmoid,), ("inplace",), {"inplace": False}, (nn.Hardsigmoid,), ()),
+    "Sigmoid": ((torch.sigmoid, F.sigmoid, torch.sigmoid_), (), {}, (nn.Sigmoid,),
+                ("sigmoid", "sigmoid_")),
+    "Tanh": ((torch.tanh, F.tanh, torch.tanh_), (), {}, (nn.Tanh,), ("tanh", "tanh_")),
+    "ELU": ((F.elu, F.elu_), ("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, (nn.ELU,), ()),
+    "CELU": ((F.celu,), ("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, (nn.CELU,), ()),
+    "SELU": ((F.selu, torch.selu), ("inplace",), {"inplace": False}, (nn.SELU,), ()),
+    "Softplus": ((F.softplus,), ("beta", "threshold"), {"beta": 1.0, "threshold": 20.0},
+                 (nn.Softplus,), ()),
+    "PReLU": ((F.prelu, torch.prelu), ("weight",), {}, (nn.PReLU,), ()),
+    "RReLU": ((F.rrelu,), ("lower", "upper", "training", "inplace"),
+              {"lower": 1 / 8, "upper": 1 / 3, "training": False, "inplace": False}, (nn.RReLU,), ()),
+    "LogSigmoid": ((F.logsigmoid,), (), {}, (nn.LogSigmoid,), ()),
+    "Softsign": ((F.softsign,), (), {}, (nn.Softsign,), ()),
+    "Tanhshrink": ((F.tanhshrink,), (), {}, (nn.Tanhshrink,), ()),
+    "GLU": ((F.glu,), ("dim",), {"dim": -1}, (nn.GLU,), ()),
+    "Hardshrink": ((F.hardshrink,), ("lambd",), {"lambd": 0.5}, (nn.Hardshrink,), ()),
+    "Softshrink": ((F.softshrink,), ("lambd",), {"lambd": 0.5}, (nn.Softshrink,), ()),
+}
+for _kind, (_fns, _params, _defaults, _modules, _methods) in _ACTIVATIONS.items():
+    for _fn in _fns:
+        register_function(_fn, "activation", ("input", *_params), _defaults, {"kind": _kind})
+    for _cls in _modules:
+        register_module(_cls, "activation", lambda m, kind=_kind: {"kind": kind})
+    for _name in _methods:
+        register_method(_name, "activation", ("input",), fixed={"kind": _kind})

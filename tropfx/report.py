@@ -10,7 +10,30 @@ from typing import Any
 from tropfx.pass_base import Skip
 from tropfx.tracing import AutoLeaf
 
-__all__ = ["Report", "StageRow"]
+__all__ = ["Report", "StageRow", "group_skips"]
+
+SHOWN_NAMES = 6  # nodes named per group of identical skip reasons in str(report)
+
+
+def group_skips(skipped: list[Skip]) -> list[tuple[str, list[str]]]:
+    """``[(reason, [node, ...])]``: the skips with identical reasons together, in first-seen order
+    (a DenseNet has dozens of BatchNorms declined for one reason)."""
+    groups: dict[str, list[str]] = {}
+    for s in skipped:
+        groups.setdefault(s.reason, []).append(s.node)
+    return list(groups.items())
+
+
+def _skip_lines(stage: str, skipped: list[Skip]) -> list[str]:
+    lines = []
+    for reason, nodes in group_skips(skipped):
+        if len(nodes) == 1:
+            lines.append(f"  {stage}: {nodes[0]}: {reason}")
+            continue
+        names = ", ".join(nodes[:SHOWN_NAMES])
+        more = f", ... (+{len(nodes) - SHOWN_NAMES} more)" if len(nodes) > SHOWN_NAMES else ""
+        lines.append(f"  {stage}: {len(nodes)} × {reason}: {names}{more}")
+    return lines
 
 
 @dataclass
@@ -123,6 +146,10 @@ class Report:
         lines = [f"tropfx report: {self.model} ({self.seconds:.2f} s{on})"]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                   for row in table]
+        lossy = [r.stage for r in self.rows[1:] if r.exact is False]
+        if lossy:
+            lines.append(f"lossy: {', '.join(lossy)} (declared not exact: the error is recorded, "
+                         "not held to a tolerance)")
         notes = [f"  {r.stage}: {r.info['verification']}" for r in self.rows
                  if r.info.get("verification")]  # e.g. "inconclusive: ..." (tropfx.pipeline)
         lines += ["verification:", *notes] if notes else []
@@ -131,10 +158,9 @@ class Report:
         if layers:
             lines.append("layers:")
             lines += [f"  {stage}: {_layer_line(layer)}" for stage, layer in layers]
-        skips = [(r.stage, s) for r in self.rows for s in r.skipped]
-        if skips:
+        if any(r.skipped for r in self.rows):
             lines.append("skipped:")
-            lines += [f"  {stage}: {s.node}: {s.reason}" for stage, s in skips]
+            lines += [line for r in self.rows for line in _skip_lines(r.stage, r.skipped)]
         if self.leaves:
             lines.append("kept as leaves (forward not traceable):")
             lines += [f"  {a.path} ({a.module_type}): {a.reason}" for a in self.leaves]

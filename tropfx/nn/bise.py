@@ -92,6 +92,11 @@ def smooth_threshold(u: Tensor) -> Tensor:
     return 0.5 * torch.tanh(u) + 0.5
 
 
+# One call_function node wherever torch.fx traces a BiSE computation inline (a BiSE layer as the
+# traced root, or a forward that calls a layer's methods): binarize_bise lists such nodes as skipped.
+fx.wrap("smooth_threshold")
+
+
 def inverse_threshold(y: float) -> float:
     """``xi^-1(y) = atanh(2 y - 1)`` for ``y`` in ]0, 1[."""
     return math.atanh(2.0 * y - 1.0)
@@ -208,16 +213,19 @@ def init_statistics(fan: int, level: float = THRESHOLD_LEVEL) -> tuple[float, fl
 
 
 @fx.wrap
-def check_bise_input(x: Tensor, name: str, channels: int, dims: int) -> None:
-    """Raise :class:`InputError` unless ``x`` is a floating tensor (N, channels, *dims spatial*)."""
+def check_bise_input(x: Tensor, name: str, channels: int | tuple[int, ...], dims: int) -> None:
+    """Raise :class:`InputError` unless ``x`` is a floating tensor (N, channels, *dims spatial*);
+    ``channels`` may list several allowed counts."""
     layout = {0: "(N, C)", 2: "(N, C, H, W)"}[dims]
     if not isinstance(x, Tensor) or x.dim() != dims + 2:
         got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise InputError(f"{name}: the input must be a tensor {layout}, got {got}; add a batch "
                          "dimension with x.unsqueeze(0)")
-    if x.shape[1] != channels:
-        raise InputError(f"{name}: expected {channels} input channels (dim 1) but the input "
-                         f"{tuple(x.shape)} has {x.shape[1]}")
+    allowed = (channels,) if isinstance(channels, int) else tuple(dict.fromkeys(channels))
+    if x.shape[1] not in allowed:
+        shared = f" (or {allowed[1]}, shared by every neuron)" if len(allowed) > 1 else ""
+        raise InputError(f"{name}: expected {allowed[0]} input channels{shared} (dim 1) but the "
+                         f"input {tuple(x.shape)} has {x.shape[1]}")
     if not x.is_floating_point():
         raise InputError(f"{name}: the input must be floating point in [0, 1], got {x.dtype}; "
                          "use x.float(), or LevelSetEncoder for gray-level images")
@@ -365,7 +373,7 @@ class BiSEModule(nn.Module):
             b, p = b.view(-1, *(1,) * self._dims), p.view(-1, *(1,) * self._dims)
         return smooth_threshold(p * (y - b))
 
-    def _check(self, x: Tensor, channels: int) -> None:
+    def _check(self, x: Tensor, channels: int | tuple[int, ...]) -> None:
         name = type(self).__name__
         check_bise_input(x, name, channels, self._dims)
         check_bise_parameters(name, self.omega, self.beta, self.scale)
@@ -404,7 +412,8 @@ class BiSE(BiSEModule):
     """``channels`` independent BiSE neurons (Def. 2.1), neuron ``c`` filtering input channel ``c``.
 
     Input (N, channels, H, W) in [0, 1], output of the same shape (with ``padding="same"``, the
-    default): ``y[:, c] = xi(p_c * (x[:, c] (*) W_c - b_c))`` with ``(*)`` a zero-padded
+    default): ``y[:, c] = xi(p_c * (x[:, c] (*) W_c - b_c))``; an input (N, 1, H, W) is shared by
+    every neuron (``x[:, 0]`` in place of ``x[:, c]``, :meth:`forward_shared`) with ``(*)`` a zero-padded
     cross-correlation by the ``kernel_size`` window (see the module docstring). ``BiSE(3)`` is the
     paper's single neuron with a 3x3 kernel. Options: :class:`BiSEModule`.
     """
@@ -420,15 +429,20 @@ class BiSE(BiSEModule):
         super().__init__(channels, 1, self.kernel_size, **options)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check(x, self.channels)
+        """``x`` is (N, channels, H, W), neuron ``c`` filtering channel ``c``; or (N, 1, H, W), shared
+        by every neuron (:meth:`forward_shared`)."""
+        self._check(x, (self.channels, 1))
         w = self._flat_weight()
-        y = F.conv2d(x, w.view_as(self.omega), padding=self.padding, groups=self.channels)
+        # groups = channels: depthwise; groups = 1 on one channel: one conv with `channels` outputs.
+        y = F.conv2d(x, w.view_as(self.omega), padding=self.padding, groups=x.shape[1])
         return self._threshold(y, w)
 
     def forward_shared(self, x: Tensor) -> Tensor:
         """Every neuron filters the same one-channel input (N, 1, H, W): ``forward`` of
         ``x.repeat(1, channels, 1, 1)``, computed as one convolution with ``channels`` outputs
-        (on CPU several times faster than the depthwise convolution of the copies)."""
+        (on CPU several times faster than the depthwise convolution of the copies). ``forward``
+        does the same on a one-channel input; call that one from a model's forward, so that the
+        layer stays one node for torch.fx and ``binarize_bise``."""
         self._check(x, 1)
         w = self._flat_weight()
         return self._threshold(F.conv2d(x, w.view_as(self.omega), padding=self.padding), w)
@@ -536,7 +550,7 @@ class BiSEL(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_bise_input(x, type(self).__name__, self.in_channels, 2)
         if self.in_channels == 1:  # the K copies of one channel: one convolution with K outputs
-            return self.lui(self.bise.forward_shared(x))
+            return self.lui(self.bise(x))  # (BiSE.forward shares a one-channel input)
         # K copies of the input, output-major, so BiSE channel k * N + n filters x_n for output k
         # and LUI group k gathers exactly (chi_{n,k}(x_n))_n.
         return self.lui(self.bise(x.repeat(1, self.out_channels, 1, 1)))

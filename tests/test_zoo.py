@@ -1,0 +1,130 @@
+"""The architecture zoo: every exact pass, and their pipeline, on each model of
+tropfx.testing.models.ZOO -- exact (bitwise where the pass claims it), and every candidate either
+rewritten or listed with a reason. Candidates are counted here with recognizers of their own (module
+types and function names), not with tropfx.ops, so that a spelling the passes miss shows up."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import fx, nn
+
+import tropfx
+from tropfx import passes as tp
+from tropfx.testing import state_checksum
+from tropfx.testing.models import ZOO
+
+EXACT = [tp.fuse_batchnorm, tp.relu_to_maxplus, tp.maxpool_to_dilation]
+BITWISE_PASSES = {"relu_to_maxplus", "maxpool_to_dilation"}
+
+_NOT_ELEMENTWISE = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.MultiheadAttention)
+_ACTIVATION_FUNCTIONS = {
+    getattr(F, name) for name in (
+        "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "elu", "selu", "celu", "gelu", "silu",
+        "mish", "hardswish", "hardsigmoid", "leaky_relu", "softplus", "sigmoid", "tanh",
+        "logsigmoid", "threshold", "prelu", "rrelu", "glu", "softsign", "tanhshrink")
+} | {torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max}
+_ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_",
+                       "clip", "clamp_min", "clamp_max"}
+_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_POOL_FUNCTIONS = {getattr(F, f"{kind}max_pool{nd}d{tail}") for kind in ("", "adaptive_")
+                   for nd in (1, 2, 3) for tail in ("", "_with_indices")}
+
+
+def _spatial_max(n) -> bool:
+    """amax / max over a spatial dim of an (N, C, L) or (N, C, H, W) tensor (shapes needed)."""
+    if n.target not in (torch.amax, torch.max, "amax", "max") or n.op not in ("call_function",
+                                                                              "call_method"):
+        return False
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    dims = (dims,) if isinstance(dims, int) else dims
+    meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], torch.fx.Node) else None
+    if not isinstance(dims, (tuple, list)) or not dims or meta is None or len(meta.shape) not in (3, 4):
+        return False
+    return all(isinstance(d, int) for d in dims) and any(d % len(meta.shape) >= 2 for d in dims)
+
+
+def candidates(gm: fx.GraphModule) -> dict[str, int]:
+    """What each pass should look at in ``gm``, counted by module type and function name."""
+    found = {"fuse_batchnorm": 0, "relu_to_maxplus": 0, "maxpool_to_dilation": 0}
+    for n in gm.graph.nodes:
+        m = gm.get_submodule(n.target) if n.op == "call_module" else None
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or n.target in (F.batch_norm, torch.batch_norm):
+            found["fuse_batchnorm"] += 1
+        elif (m is not None and type(m).__module__ == "torch.nn.modules.activation"
+              and not isinstance(m, _NOT_ELEMENTWISE)) \
+                or (n.op == "call_function" and n.target in _ACTIVATION_FUNCTIONS) \
+                or (n.op == "call_method" and n.target in _ACTIVATION_METHODS):
+            found["relu_to_maxplus"] += 1
+        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS) \
+                or _spatial_max(n):
+            found["maxpool_to_dilation"] += 1
+    return found
+
+
+def check_model(model: nn.Module, inputs: tuple) -> tropfx.report.Report:
+    before = state_checksum(model)
+    traced = tropfx.compile(model, [], example_inputs=inputs)  # shapes: spatial dims of amax
+    expected = candidates(traced)
+    cm = tropfx.compile(model, [p() for p in EXACT], example_inputs=inputs)
+    for row in cm.report.rows[1:]:
+        # complete reporting: every candidate rewritten or listed, each listing with a reason
+        assert len(row.rewritten) + len(row.skipped) == expected[row.stage], (row.stage, cm.report)
+        assert all(s.reason for s in row.skipped)
+        assert row.exact and row.max_abs_err is not None
+        if row.stage in BITWISE_PASSES:
+            assert row.max_abs_err == 0.0, (row.stage, cm.report)
+    with torch.no_grad():  # the pipeline against the caller's eager model
+        torch.testing.assert_close(cm(*inputs), model(*inputs), rtol=1e-5, atol=1e-6)
+    for state in (state_checksum(model),):
+        assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
+    return cm.report
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_exact_pass_on_the_zoo(name):
+    check_model(*ZOO[name]())
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+@settings(max_examples=5)
+@given(width=st.sampled_from([2, 4, 6]), seed=st.integers(0, 2**16))
+def test_every_exact_pass_on_random_widths_seeds_and_statistics(name, width, seed):
+    check_model(*ZOO[name](width=width, seed=seed))
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_exact_in_float64_far_below_float32_rounding(name):
+    model, (x,) = ZOO[name](width=4, seed=1)
+    model, x = model.double(), x.double()
+    cm = tropfx.compile(model, [p() for p in EXACT], example_inputs=(x,))
+    with torch.no_grad():
+        torch.testing.assert_close(cm(x), model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_the_zoo_covers_what_broke():
+    """The acceptance facts on the zoo's stand-ins for the real models."""
+    reports = {name: check_model(*make()) for name, make in ZOO.items()}
+    timm = reports["timm_bn_act"]
+    assert timm["fuse_batchnorm"].skipped == [] and len(timm["fuse_batchnorm"].rewritten) == 4
+    mobile = reports["mobilenet_v2_block"]
+    assert mobile["relu_to_maxplus"].skipped == [] and len(mobile["relu_to_maxplus"].rewritten) == 8
+    assert timm["relu_to_maxplus"].info["not_tropical"] == {"Hardswish": 1, "SiLU": 2, "Sigmoid": 1}
+    assert reports["vit_block"]["relu_to_maxplus"].info["not_tropical"] == {"GELU": 2}
+    dense = reports["densenet_block"]["fuse_batchnorm"]
+    assert {s.reason for s in dense.skipped} == {
+        "its input is a concatenation (torch.cat), not a foldable layer (Linear, ConvNd, "
+        "ConvTransposeNd; register others in tropfx.passes.fuse_batchnorm.FOLDABLE)"}
+    assert len(reports["regnet_names"]["fuse_batchnorm"].rewritten) == 13  # names with '-'
+
+
+def test_zoo_builders_are_deterministic_and_leave_the_global_rng_alone():
+    torch.manual_seed(0)
+    a, (xa,) = ZOO["resnext_grouped"](width=4, seed=7)
+    state = torch.get_rng_state()
+    b, (xb,) = ZOO["resnext_grouped"](width=4, seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(xa, xb) and all(torch.equal(p, q) for p, q in
+                                       zip(a.state_dict().values(), b.state_dict().values(), strict=True))
