@@ -23,14 +23,11 @@ __all__ = ["ReluToMaxPlus", "clamp_bounds", "identity_maxplus", "identity_minplu
 
 def _identity(cls: type[SparseMaxPlus], channels: int, dim: int, dtype: torch.dtype,
               bias: float | None) -> SparseMaxPlus:
-    # A private generator: the layer's random init is overwritten, and must not consume the
-    # caller's global RNG (a seeded training run would depend on which passes ran).
-    layer = cls(channels, channels, k=1, bias=bias is not None, dim=dim,
-                generator=torch.Generator()).to(dtype)
-    with torch.no_grad():
-        layer.index.copy_(torch.arange(channels)[:, None])
-        layer.value.zero_()
-        if bias is not None:
+    # SparseMaxPlus.identity draws nothing: no random init to overwrite, and the caller's global
+    # RNG is untouched (a seeded training run must not depend on which passes ran).
+    layer = cls.identity(channels, dim=dim, bias=bias is not None, dtype=dtype)
+    if bias is not None:
+        with torch.no_grad():
             layer.bias.fill_(bias)  # in the layer's dtype: the bound rounds as torch.clamp rounds it
     return layer
 
