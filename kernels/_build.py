@@ -32,7 +32,7 @@ __all__ = ["KernelBuildWarning", "available", "build_info", "cache_dir", "load"]
 CSRC = Path(__file__).resolve().parent / "csrc"
 # ops.cpp holds the schemas and the thin CPU bindings; the kernels' own translation units are
 # torch-free, so ninja compiles them in parallel with the (slower) torch-including ones.
-SOURCES = ("ops.cpp", "maxplus.cpp", "morphology.cpp", "boolean.cpp")
+SOURCES = ("ops.cpp", "maxplus.cpp", "morphology.cpp", "boolean.cpp", "ranges.cpp")
 NAME = "tropfx_kernels"
 
 
