@@ -768,6 +768,13 @@ Tensor binary_erosion2d_cpu(const Tensor& x, const Tensor& se, at::IntArrayRef s
   return bit_morph_cpu("binary_erosion2d", x, se, stride, padding, dilation, true);
 }
 
+// The build's floating-point state (ranges.h, fp_state): read back by tropfx.kernels.build_info().
+std::vector<int64_t> fp_state_op() {
+  int64_t s[4];
+  tropfx::fp_state(s);
+  return {s[0], s[1], s[2], s[3]};
+}
+
 // The output cache's limit (bytes; negative: unchanged) and emptying; returns its stats.
 std::vector<int64_t> output_cache_op(int64_t limit, bool clear) {
   const OutputCache::Stats s = OutputCache::get().configure(limit, clear);
@@ -875,6 +882,8 @@ TORCH_LIBRARY(tropfx, m) {
 // backend; not one of the operators of schemas.h (which the CUDA emulation registers too).
 TORCH_LIBRARY_FRAGMENT(tropfx, m) {
   m.def("_output_cache(int limit=-1, bool clear=False) -> int[]", &output_cache_op);
+  // [fast-math, finite-math-only, flush-to-zero, denormals-are-zero] of the kernels' build
+  m.def("_fp_state() -> int[]", &fp_state_op);
 }
 
 TORCH_LIBRARY_IMPL(tropfx, CPU, m) {

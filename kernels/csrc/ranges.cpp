@@ -1,8 +1,13 @@
 // The index range scans (ranges.h), torch-free: branch-free min / max that the compiler vectorizes,
-// four independent accumulators so the loop is not bound by one dependency chain.
+// four independent accumulators so the loop is not bound by one dependency chain. And the build's
+// floating-point state, from this translation unit, which has the kernels' flags.
 #include "ranges.h"
 
 #include <algorithm>
+
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 namespace tropfx {
 
@@ -28,5 +33,25 @@ MinMax scan(const I* p, int64_t n) {
 
 MinMax min_max(const int32_t* p, int64_t n) { return scan(p, n); }
 MinMax min_max(const int64_t* p, int64_t n) { return scan(p, n); }
+
+void fp_state(int64_t out[4]) {
+#ifdef __FAST_MATH__
+  out[0] = 1;
+#else
+  out[0] = 0;
+#endif
+#if defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__
+  out[1] = 1;
+#else
+  out[1] = 0;
+#endif
+#if defined(__SSE__) || defined(__x86_64__)
+  const unsigned csr = _mm_getcsr();
+  out[2] = (csr & 0x8000u) != 0;  // FTZ
+  out[3] = (csr & 0x0040u) != 0;  // DAZ
+#else
+  out[2] = out[3] = 0;
+#endif
+}
 
 }  // namespace tropfx
