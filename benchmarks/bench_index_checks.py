@@ -108,11 +108,16 @@ def main() -> None:
                                  check=True).stdout
             for name, t in json.loads(out.splitlines()[-1]).items():
                 runs[which].setdefault(name, []).append(t)
-    print(f"{'operator':48s} {'baseline':>11s} {'checked':>11s} {'ratio':>7s}  (medians of "
-          f"{args.rounds} rounds x {args.repeats} calls, {args.threads} thread(s))")
+    print(f"{'operator':48s} {'baseline':>11s} {'checked':>11s} {'ratio':>7s} {'paired':>7s} "
+          f"{'IQR':>13s}  (medians of {args.rounds} rounds x {args.repeats} calls, "
+          f"{args.threads} thread(s); paired: median of the rounds' ratios)")
     for name in CASES:
-        a, b = statistics.median(runs["baseline"][name]), statistics.median(runs["candidate"][name])
-        print(f"{name:48s} {a * 1e6:9.1f} us {b * 1e6:9.1f} us {b / a:7.3f}")
+        a, b = runs["baseline"][name], runs["candidate"][name]
+        ratios = sorted(y / x for x, y in zip(a, b, strict=True))
+        q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+        print(f"{name:48s} {statistics.median(a) * 1e6:9.1f} us {statistics.median(b) * 1e6:9.1f} us "
+              f"{statistics.median(b) / statistics.median(a):7.3f} {statistics.median(ratios):7.3f} "
+              f"{q1:6.3f}-{q3:6.3f}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,26 @@ void check_values(const char* op, const ct::Range& r, const Tensor& t) {
   ct::check_range(op, r, all.min, all.max);
 }
 
+// The argmax checks of the backward operators are folded into their kernels' loops (an unsigned
+// comparison that replaces the "bias won" test: no extra pass over argmax, which would cost a few
+// percent of the backward), and a kernel skips an entry out of range, so nothing is written out of
+// bounds. Where one reported such an entry, this finds the extreme value and raises, naming it.
+class ArgmaxCheck {
+ public:
+  void operator()(bool in_range) {
+    if (!in_range) ok_.store(false, std::memory_order_relaxed);
+  }
+  void raise_if_bad(const char* op, const ct::Range& r, const Tensor& argmax) const {
+    if (ok_.load()) return;
+    check_values<int32_t>(op, r, argmax);
+    TORCH_CHECK_INDEX(false, "tropfx::", op, ": argmax holds a value outside [", r.lo, ", ", r.hi,
+                      ")");
+  }
+
+ private:
+  std::atomic<bool> ok_{true};
+};
+
 // Scratch memory for one call, ``words`` uint64 aligned to a cache line. Up to kKeptWords (16 MiB)
 // it is the calling thread's buffer, kept from call to call (slots 0 and 1: two alive at once): a
 // fresh allocation of this size comes from mmap every time once the model's other large tensors
@@ -147,25 +167,26 @@ std::tuple<Tensor, Tensor, Tensor> maxplus_backward_cpu(const Tensor& grad_, con
   check_cpu(arg_, op, "argmax");
   const ct::DenseBackward m = ct::maxplus_backward(kCPU, arg(grad_), arg(arg_), K, has_bias);
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous();
-  check_values<int32_t>(op, m.argmax, arg);  // the kernels write grad_x[.., argmax]
   const int64_t M = m.M, B = m.B;
   Tensor gx = output_zeros(m.gx, g.options());
   Tensor gw = output_zeros(m.gw, g.options());
   Tensor gb = output_zeros(m.gb, g.options());
   if (B == 0 || M == 0) return {gx, gw, gb};
+  ArgmaxCheck checked;  // the kernels write grad_x[.., argmax]
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::maxplus_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int32_t* ap = arg.const_data_ptr<int32_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [&](int64_t r0, int64_t r1) {
-      tropfx::dense_backward_input(gp, ap, gxp, K, M, minplus, r0, r1);
+      checked(tropfx::dense_backward_input(gp, ap, gxp, K, M, minplus, r0, r1));
     });
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     scalar_t* gbp = has_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, M, 16, [&](int64_t o0, int64_t o1) {
-      tropfx::dense_backward_weight(gp, ap, gwp, gbp, B, K, M, minplus, o0, o1);
+      checked(tropfx::dense_backward_weight(gp, ap, gwp, gbp, B, K, M, minplus, o0, o1));
     });
   });
+  checked.raise_if_bad(op, m.argmax, arg);
   return {gx, gw, gb};
 }
 
@@ -233,13 +254,14 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
                                                            in, dim, has_bias);
   const int64_t out = m.out, k = m.k, outer = m.outer, inner = m.inner;
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous(), index = index_.contiguous();
-  // the kernels read index[o, argmax] and write grad_x[.., index[o, argmax], ..]
-  check_values<int32_t>(op, m.argmax, arg);
+  // the kernels read index[o, argmax] and write grad_x[.., index[o, argmax], ..]: index (a
+  // weight, small) is scanned here, argmax in the kernels' loops
   check_values<int64_t>(op, m.index, index);
   Tensor gx = output_zeros(m.gx, g.options());
   Tensor gv = output_zeros(m.gv, g.options());
   Tensor gb = output_zeros(m.gb, g.options());
   if (g.numel() == 0) return {gx, gv, gb};
+  ArgmaxCheck checked;
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::sparse_maxplus_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int32_t* ap = arg.const_data_ptr<int32_t>();
@@ -252,15 +274,17 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / blocks, s0 = (t % blocks) * per, s1 = std::min(inner, s0 + per);
         if (s0 < s1)
-          tropfx::sparse_backward_input(gp, ap, ip, gxp, in, inner, out, k, minplus, b, b + 1, s0, s1);
+          checked(tropfx::sparse_backward_input(gp, ap, ip, gxp, in, inner, out, k, minplus, b,
+                                                b + 1, s0, s1));
       }
     });
     scalar_t* gvp = gv.mutable_data_ptr<scalar_t>();
     scalar_t* gbp = has_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, out, 16, [&](int64_t o0, int64_t o1) {
-      tropfx::sparse_backward_value(gp, ap, gvp, gbp, outer, inner, out, k, minplus, o0, o1);
+      checked(tropfx::sparse_backward_value(gp, ap, gvp, gbp, outer, inner, out, k, minplus, o0, o1));
     });
   });
+  checked.raise_if_bad(op, m.argmax, arg);
   return {gx, gv, gb};
 }
 
@@ -345,12 +369,12 @@ std::tuple<Tensor, Tensor> morph_backward_cpu(const char* op, const Tensor& grad
   const ct::MorphBackward m = ct::morph_backward(kCPU, op, arg(grad_), arg(arg_), input_size,
                                                  weight_size, stride, padding, dilation);
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous();
-  check_values<int32_t>(op, m.argmax, arg);  // the kernels write grad_weight[.., argmax]
   Tensor gx = output_zeros(m.gx, g.options());
   Tensor gw = output_zeros(m.gw, g.options());
   const int64_t O = m.O;
   const bool full = m.full;
   if (g.numel() == 0) return {gx, gw};
+  ArgmaxCheck checked;  // the kernels write grad_weight[.., argmax]
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::morphology_backward", [&] {
     auto a = morph_args<scalar_t>(m, erode);
     a.arg = const_cast<int32_t*>(arg.const_data_ptr<int32_t>());
@@ -359,17 +383,18 @@ std::tuple<Tensor, Tensor> morph_backward_cpu(const char* op, const Tensor& grad
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     if (!full) {
       at::parallel_for(0, a.C, 1, [&](int64_t c0, int64_t c1) {
-        tropfx::morph_backward_channels(a, gp, gxp, gwp, c0, c1);
+        checked(tropfx::morph_backward_channels(a, gp, gxp, gwp, c0, c1));
       });
     } else {
       at::parallel_for(0, a.N, 1, [&](int64_t n0, int64_t n1) {
-        tropfx::morph_backward_full_input(a, gp, gxp, n0, n1);
+        checked(tropfx::morph_backward_full_input(a, gp, gxp, n0, n1));
       });
       at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
-        tropfx::morph_backward_full_weight(a, gp, gwp, o0, o1);
+        checked(tropfx::morph_backward_full_weight(a, gp, gwp, o0, o1));
       });
     }
   });
+  checked.raise_if_bad(op, m.argmax, arg);
   return {gx, gw};
 }
 
