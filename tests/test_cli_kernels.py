@@ -61,3 +61,10 @@ def test_info_builds_nothing(tmp_path):
     assert not info["cpu"]["built"] and not info["cpu"]["loaded"]
     assert "tropfx kernels build" in proc.stdout
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("action", ["build", "info"])
+def test_help(action, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["kernels", action, "--help"])
+    assert exit_.value.code == 0 and f"usage: tropfx kernels {action}" in capsys.readouterr().out
