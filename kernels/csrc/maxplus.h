@@ -450,20 +450,18 @@ bool dense_backward_input(const T* g, const int32_t* arg, T* gx, int64_t K, int6
 }
 
 // grad_w (and grad_bias) of outputs [o0, o1), batch rows in increasing order (the reference's
-// index_add_ order). Both are zero-filled. False if an argmax is outside [-1, K) (skipped).
+// index_add_ order). Both are zero-filled. argmax must be in [-1, K): dense_backward_input, which
+// runs first over every row, has checked it (the binding raises before calling this otherwise).
 template <typename T>
-bool dense_backward_weight(const T* g, const int32_t* arg, T* gw, T* gb, int64_t B, int64_t K,
+void dense_backward_weight(const T* g, const int32_t* arg, T* gw, T* gb, int64_t B, int64_t K,
                            int64_t M, bool minplus, int64_t o0, int64_t o1) {
-  bool ok = true;
   for (int64_t b = 0; b < B; ++b) {
     const T* gr = g + b * M;
     const int32_t* ar = arg + b * M;
     for (int64_t o = o0; o < o1; ++o) {
       const T v = signed_(gr[o], minplus);
-      if (term(ar[o], K))
+      if (ar[o] >= 0)
         gw[o * K + ar[o]] += v;
-      else if (ar[o] != -1)
-        ok = false;
       else if (gb != nullptr)
         gb[o] += v;
     }
@@ -473,7 +471,6 @@ bool dense_backward_weight(const T* g, const int32_t* arg, T* gw, T* gb, int64_t
     if (gb != nullptr)
       for (int64_t o = o0; o < o1; ++o) gb[o] = -gb[o];
   }
-  return ok;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -763,12 +760,11 @@ bool sparse_backward_input(const T* g, const int32_t* arg, const int64_t* index,
 }
 
 // grad_value and grad_bias of outputs [o0, o1), summed over (outer, inner) in order. Zero-filled.
-// False if an argmax is outside [-1, k) (skipped).
+// argmax must be in [-1, k): sparse_backward_input, which runs first, has checked it.
 template <typename T>
-bool sparse_backward_value(const T* g, const int32_t* arg, T* gv, T* gb, int64_t outer,
+void sparse_backward_value(const T* g, const int32_t* arg, T* gv, T* gb, int64_t outer,
                            int64_t inner, int64_t out, int64_t k, bool minplus, int64_t o0,
                            int64_t o1) {
-  bool ok = true;
   for (int64_t o = o0; o < o1; ++o) {
     T* gvo = gv + o * k;
     T bias_sum = T(0);
@@ -777,19 +773,16 @@ bool sparse_backward_value(const T* g, const int32_t* arg, T* gv, T* gb, int64_t
       const int32_t* ar = arg + (b * out + o) * inner;
       for (int64_t s = 0; s < inner; ++s) {
         const T v = signed_(gr[s], minplus);
-        if (term(ar[s], k))
+        if (ar[s] >= 0)
           gvo[ar[s]] += v;
-        else if (ar[s] == -1)
-          bias_sum += v;
         else
-          ok = false;
+          bias_sum += v;
       }
     }
     if (gb != nullptr) gb[o] = signed_(bias_sum, minplus);
     if (minplus)
       for (int64_t j = 0; j < k; ++j) gvo[j] = -gvo[j];
   }
-  return ok;
 }
 
 // Whether +-v holds no value that can make a NaN term (see semantics.h).
@@ -809,7 +802,7 @@ bool all_clean(const T* v, int64_t n, bool negate) {
                                    int64_t);                                                       \
   X template bool dense_backward_input<T>(const T*, const int32_t*, T*, int64_t, int64_t, bool,    \
                                           int64_t, int64_t);                                       \
-  X template bool dense_backward_weight<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
+  X template void dense_backward_weight<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
                                            int64_t, bool, int64_t, int64_t);                       \
   X template void sparse_forward_rows<T>(const SparseArgs<T>&, const int32_t*, const T*, const T*, \
                                          int64_t, int64_t);                                        \
@@ -817,7 +810,7 @@ bool all_clean(const T* v, int64_t n, bool negate) {
   X template bool sparse_backward_input<T>(const T*, const int32_t*, const int64_t*, T*, int64_t,  \
                                            int64_t, int64_t, int64_t, bool, int64_t, int64_t,      \
                                            int64_t, int64_t);                                      \
-  X template bool sparse_backward_value<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
+  X template void sparse_backward_value<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
                                            int64_t, int64_t, bool, int64_t, int64_t);
 
 #if !defined(TROPFX_INSTANTIATE)

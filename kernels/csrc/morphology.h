@@ -431,24 +431,18 @@ bool morph_backward_full_input(const MorphArgs<T>& a, const T* g, T* gx, int64_t
 }
 
 // Backward, full form, grad_w of output channels [o0, o1) (samples, then positions, in order).
+// argmax must be in [0, C * kh * kw): morph_backward_full_input, which runs first, has checked it.
 template <typename T>
-bool morph_backward_full_weight(const MorphArgs<T>& a, const T* g, T* gw, int64_t o0, int64_t o1) {
+void morph_backward_full_weight(const MorphArgs<T>& a, const T* g, T* gw, int64_t o0, int64_t o1) {
   const int64_t per_o = a.C * a.kh * a.kw;
-  bool ok = true;
   for (int64_t o = o0; o < o1; ++o)
     for (int64_t n = 0; n < a.N; ++n) {
       const int64_t plane = (n * a.O + o) * a.Ho * a.Wo;
       for (int64_t p = 0; p < a.Ho * a.Wo; ++p) {
-        const int32_t q = a.arg[plane + p];
-        if (uint64_t(int64_t(q)) >= uint64_t(per_o)) {
-          ok = false;
-          continue;
-        }
         const T v = g[plane + p];
-        gw[o * per_o + q] += a.erode ? -v : v;
+        gw[o * per_o + a.arg[plane + p]] += a.erode ? -v : v;
       }
     }
-  return ok;
 }
 
 // Explicit instantiations live in morphology.cpp (torch-free, compiled in parallel with the
@@ -463,7 +457,7 @@ bool morph_backward_full_weight(const MorphArgs<T>& a, const T* g, T* gw, int64_
                                              int64_t);                                             \
   X template bool morph_backward_full_input<T>(const MorphArgs<T>&, const T*, T*, int64_t,         \
                                                int64_t);                                           \
-  X template bool morph_backward_full_weight<T>(const MorphArgs<T>&, const T*, T*, int64_t,        \
+  X template void morph_backward_full_weight<T>(const MorphArgs<T>&, const T*, T*, int64_t,        \
                                                 int64_t);
 
 #if !defined(TROPFX_INSTANTIATE)

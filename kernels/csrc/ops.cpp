@@ -180,13 +180,13 @@ std::tuple<Tensor, Tensor, Tensor> maxplus_backward_cpu(const Tensor& grad_, con
     at::parallel_for(0, B, 16, [&](int64_t r0, int64_t r1) {
       checked(tropfx::dense_backward_input(gp, ap, gxp, K, M, minplus, r0, r1));
     });
+    checked.raise_if_bad(op, m.argmax, arg);  // the weight pass trusts the checked argmax
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     scalar_t* gbp = has_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, M, 16, [&](int64_t o0, int64_t o1) {
-      checked(tropfx::dense_backward_weight(gp, ap, gwp, gbp, B, K, M, minplus, o0, o1));
+      tropfx::dense_backward_weight(gp, ap, gwp, gbp, B, K, M, minplus, o0, o1);
     });
   });
-  checked.raise_if_bad(op, m.argmax, arg);
   return {gx, gw, gb};
 }
 
@@ -278,13 +278,13 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
                                                 b + 1, s0, s1));
       }
     });
+    checked.raise_if_bad(op, m.argmax, arg);  // the value pass trusts the checked argmax
     scalar_t* gvp = gv.mutable_data_ptr<scalar_t>();
     scalar_t* gbp = has_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, out, 16, [&](int64_t o0, int64_t o1) {
-      checked(tropfx::sparse_backward_value(gp, ap, gvp, gbp, outer, inner, out, k, minplus, o0, o1));
+      tropfx::sparse_backward_value(gp, ap, gvp, gbp, outer, inner, out, k, minplus, o0, o1);
     });
   });
-  checked.raise_if_bad(op, m.argmax, arg);
   return {gx, gv, gb};
 }
 
@@ -389,8 +389,9 @@ std::tuple<Tensor, Tensor> morph_backward_cpu(const char* op, const Tensor& grad
       at::parallel_for(0, a.N, 1, [&](int64_t n0, int64_t n1) {
         checked(tropfx::morph_backward_full_input(a, gp, gxp, n0, n1));
       });
+      checked.raise_if_bad(op, m.argmax, arg);  // the weight pass trusts the checked argmax
       at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
-        checked(tropfx::morph_backward_full_weight(a, gp, gwp, o0, o1));
+        tropfx::morph_backward_full_weight(a, gp, gwp, o0, o1);
       });
     }
   });
