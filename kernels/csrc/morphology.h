@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ranges.h"
 #include "semantics.h"
 #include "simd.h"
 
@@ -372,9 +373,12 @@ void morph_forward_full(const MorphArgs<T>& a, const T* padded, const T* wt, con
 
 // Backward, per channel: channels [c0, c1), samples and outputs in order. grad_x and grad_w are
 // zero-filled; the gradient of padding is dropped, the SE entry still gets it (as in the reference).
-// The backward functions return false if an argmax is outside the window ([0, kh * kw) per
-// channel, [0, C * kh * kw) full): it is skipped (nothing is written out of bounds) and the
-// binding raises, naming the value. One unsigned comparison each, so the check costs nothing.
+// The first pass of each backward (this one; morph_backward_full_input) returns false if an argmax
+// is outside the window ([0, kh * kw) per channel, [0, C * kh * kw) full): it is skipped (nothing is
+// written out of bounds) and the binding raises, naming the value. Here each plane's argmax is
+// checked by a vectorized min / max just before the loop reads it (in cache; measured faster than
+// a compare in the loop, which cost ~5 %); morph_backward_full_input compares in its loop (a plane
+// scan there measured 2x slower, for a reason not found).
 template <typename T>
 bool morph_backward_channels(const MorphArgs<T>& a, const T* g, T* gx, T* gw, int64_t c0,
                              int64_t c1) {
@@ -383,15 +387,18 @@ bool morph_backward_channels(const MorphArgs<T>& a, const T* g, T* gx, T* gw, in
   for (int64_t c = c0; c < c1; ++c) {
     for (int64_t n = 0; n < a.N; ++n) {
       const int64_t plane = (n * a.C + c) * a.Ho * a.Wo;
+      if (a.Ho * a.Wo > 0) {  // the plane's argmax, checked while it is in cache
+        const MinMax m = min_max(a.arg + plane, a.Ho * a.Wo);
+        if (m.min < 0 || m.max >= K) {
+          ok = false;
+          continue;
+        }
+      }
       T* gxp = gx + (n * a.C + c) * a.H * a.W;
       for (int64_t i = 0; i < a.Ho; ++i)
         for (int64_t j = 0; j < a.Wo; ++j) {
           const int64_t at = plane + i * a.Wo + j;
           const int q = a.arg[at];
-          if (unsigned(q) >= unsigned(K)) {
-            ok = false;
-            continue;
-          }
           const T v = g[at];
           const int64_t h = i * a.sh + int64_t(q / a.kw) * a.dh - a.ph;
           const int64_t x = j * a.sw + int64_t(q % a.kw) * a.dw - a.pw;
