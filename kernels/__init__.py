@@ -18,8 +18,14 @@ wrapper                         operators
                                 shifted bit planes (padding 0 for dilation, 1 for erosion)
 ==============================  =====================================================================
 
+Every operator checks its arguments with one contract shared by the CPU and CUDA bindings
+(``kernels/csrc/contract.h``), including the values of its index / argmax arguments: an out-of-range
+one is an ``IndexError`` naming the operator and the value, never a crash or a write out of bounds.
+
 The library is compiled just in time, on first use, by ``torch.utils.cpp_extension`` (ninja) into
-``$TROPFX_CACHE`` (``~/.cache/tropfx``): ``import tropfx`` compiles nothing. Without a compiler the
+``$TROPFX_CACHE`` (``~/.cache/tropfx``; ``tropfx kernels build`` prebuilds, ``tropfx kernels info``
+shows it), with fixed floating-point flags (no fast-math, :class:`KernelFlagsError` for extra flags
+that would add it): ``import tropfx`` compiles nothing. Without a compiler the
 wrappers run the reference and one :class:`KernelBuildWarning` says why. Float32 and float64 are
 supported; float16 / bfloat16 are rejected with an error that says so. On CUDA tensors the
 wrappers call the CUDA kernels in ``kernels/cuda`` (float32; built just in time by
@@ -28,7 +34,14 @@ wrappers call the CUDA kernels in ``kernels/cuda`` (float32; built just in time 
 of these wrappers.
 """
 
-from tropfx.kernels._build import KernelBuildWarning, available, build_info, cache_dir, load
+from tropfx.kernels._build import (
+    KernelBuildWarning,
+    KernelFlagsError,
+    available,
+    build_info,
+    cache_dir,
+    load,
+)
 from tropfx.kernels.ops import (
     OPS,
     binary_dilation2d,
@@ -51,6 +64,7 @@ from tropfx.kernels.ops import (
 __all__ = [
     "OPS",
     "KernelBuildWarning",
+    "KernelFlagsError",
     "available",
     "binary_dilation2d",
     "binary_erosion2d",

@@ -1,11 +1,21 @@
-"""Just-in-time build and loading of the C++ kernels.
+"""Just-in-time build and loading of the C++ kernels, and the one cache policy of every build
+(CPU kernels here, CUDA kernels and their CPU emulator in :mod:`tropfx.kernels.cuda_build`).
 
 ``torch.utils.cpp_extension.load`` compiles ``csrc/`` with ninja, on first use (``import tropfx``
-compiles nothing), into ``$TROPFX_CACHE`` (default ``~/.cache/tropfx``), one directory per
-fingerprint of the sources, flags, compiler target, torch and Python: a later process, or another
-checkout with the same sources, loads the cached library in well under a second. ``-march=native``
-targets the machine that builds (AVX2 / AVX-512 code paths), and the CPU's feature flags are part
-of the fingerprint, so a cache shared between different machines never loads code one cannot run.
+compiles nothing; the first build prints one line: what, where, about how long), into
+``$TROPFX_CACHE`` (default ``~/.cache/tropfx``), one directory per :func:`fingerprint` of the
+sources, flags and toolchain (compiler version, torch, Python, CPU features): a later process, or
+another checkout with the same sources, loads the cached library in well under a second; two
+checkouts with different sources never share one. ``-march=native`` targets the machine that builds
+(AVX2 / AVX-512 code paths), and the CPU's feature flags are part of the fingerprint, so a cache
+shared between different machines never loads code one cannot run. ``tropfx kernels build``
+prebuilds (for images and CI), ``tropfx kernels info`` shows the cache and the loaded state.
+
+Floating-point flags are fixed and explicit (:data:`FP_CFLAGS`, :data:`NVCC_FP_FLAGS`: no fast-math,
+no flush-to-zero, no contraction): the kernels' results are the reference's bit for bit, and
+fast-math's flush-to-zero changes denormal ``x + w`` sums. :func:`build_info` reads them back from
+the build (its ``build.ninja`` and the library's own compile-time and run-time state); extra flags
+that would undo them are refused (:class:`KernelFlagsError`).
 
 A machine that cannot build (no compiler, no ninja, a compile error) falls back to the pure-torch
 reference: one :class:`KernelBuildWarning` says why, nothing crashes. ``TROPFX_KERNELS=0`` skips the
@@ -16,28 +26,74 @@ shows the compiler's output.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
+import re
+import shlex
+import subprocess
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-__all__ = ["KernelBuildWarning", "available", "build_info", "cache_dir", "load"]
+__all__ = ["FP_CFLAGS", "NVCC_FP_FLAGS", "KernelBuildWarning", "KernelFlagsError", "available",
+           "build_directory", "build_info", "cache_dir", "check_flags", "fingerprint", "isa", "load",
+           "ninja_flags", "status"]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 # ops.cpp holds the schemas and the thin CPU bindings; the kernels' own translation units are
 # torch-free, so ninja compiles them in parallel with the (slower) torch-including ones.
-SOURCES = ("ops.cpp", "maxplus.cpp", "morphology.cpp", "boolean.cpp")
+SOURCES = ("ops.cpp", "maxplus.cpp", "morphology.cpp", "boolean.cpp", "ranges.cpp")
 NAME = "tropfx_kernels"
+
+
+# Host compiler (CPU kernels, the CUDA binding, the emulator): IEEE semantics, no contraction of
+# a * b + c into one rounding (-ffp-contract=off; GCC's default for C++ is "fast").
+FP_CFLAGS = ("-fno-fast-math", "-ffp-contract=off")
+# nvcc, device code: denormals kept (--ftz=false), IEEE division and square root, and no fused
+# multiply-add. x + w is one rounding with or without --fmad (there is no product to fuse), so
+# the max-plus values do not depend on it; it is off so that any product in a kernel rounds as on
+# the CPU (-ffp-contract=off). These are nvcc's defaults except --fmad, spelled out so that they
+# are read back from the build and cannot be undone silently.
+NVCC_FP_FLAGS = ("--ftz=false", "--prec-div=true", "--prec-sqrt=true", "--fmad=false")
+# Flags that break the bit-exact contract: fast-math and its parts, flush-to-zero, contraction.
+UNSAFE_FLAGS = ("-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-ffinite-math-only",
+                "-fassociative-math", "-freciprocal-math", "-fno-signed-zeros", "-ffp-contract=fast",
+                "-ffp-contract=on", "-mdaz-ftz", "-fcx-limited-range", "--use_fast_math",
+                "-use_fast_math", "--ftz=true", "-ftz=true", "--prec-div=false", "-prec-div=false",
+                "--prec-sqrt=false", "-prec-sqrt=false", "--fmad=true", "-fmad=true")
 
 
 class KernelBuildWarning(UserWarning):
     """The C++ kernels could not be built or loaded; tropfx uses the pure-torch reference."""
+
+
+class KernelFlagsError(RuntimeError):
+    """Extra compiler flags would undo the fixed floating-point flags (fast-math, flush-to-zero)."""
+
+
+def check_flags(flags: Sequence[str], where: str) -> list[str]:
+    """``flags`` as a list, or :class:`KernelFlagsError` naming the first unsafe one (also inside
+    ``-Xcompiler a,b`` lists)."""
+    for flag in flags:
+        parts = [flag, *re.split(r"[,]", flag.split("=", 1)[1] if flag.startswith("-X") else flag)]
+        bad = next((p for p in parts if p in UNSAFE_FLAGS), None)
+        if bad is not None:
+            raise KernelFlagsError(
+                f"tropfx: {where} holds {bad!r}, which changes floating-point results (fast-math "
+                f"flushes denormal x + w sums to zero, contraction fuses roundings); the kernels "
+                f"must match the reference bit for bit. Remove it (the build uses "
+                f"{' '.join(FP_CFLAGS)} and, for CUDA, {' '.join(NVCC_FP_FLAGS)}).")
+    return list(flags)
+
+
+# --- the cache policy -------------------------------------------------------------------------
 
 
 class _State:
@@ -59,6 +115,54 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tropfx"
 
 
+@functools.cache
+def toolchain(compiler: str) -> str:
+    """The first line of ``compiler --version`` ("" where it does not run): part of every
+    fingerprint, so that a compiler upgrade rebuilds."""
+    try:
+        out = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return lines[0] if out.returncode == 0 and lines else ""
+
+
+def host_compiler() -> str:
+    """The C++ compiler torch.utils.cpp_extension uses."""
+    return os.environ.get("CXX", "c++")
+
+
+def fingerprint(name: str, files: Iterable[Path], flags: Sequence[str], *extra: str) -> str:
+    """The cache key of one build: the sources' names and bytes, the flags, the toolchain and the
+    torch / Python / machine it is for (``extra``: compilers' versions, CPU features, CUDA arch)."""
+    h = hashlib.sha256()
+    for path in sorted(set(files)):
+        h.update(f"{path.parent.name}/{path.name}\0".encode())
+        h.update(path.read_bytes())
+    for part in (name, " ".join(flags), torch.__version__, sys.version, platform.machine(), *extra):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_directory(name: str, key: str) -> Path:
+    """Where a build with this fingerprint lives: ``cache_dir() / f"{name}-{key}"``."""
+    return cache_dir() / f"{name}-{key}"
+
+
+def ninja_flags(directory: Path | str) -> dict[str, list[str]]:
+    """The flags a build really used, read back from its ``build.ninja`` (``cflags``,
+    ``cuda_cflags``, ``ldflags``); empty where there is no build."""
+    path = Path(directory) / "build.ninja"
+    if not path.is_file():
+        return {}
+    found = {}
+    for line in path.read_text(errors="replace").splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep and key in ("cflags", "cuda_cflags", "post_cflags", "cuda_post_cflags", "ldflags"):
+            found[key] = shlex.split(value)
+    return found
+
+
 def _arch_flags() -> list[str]:
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64", "i686", "i386"):
@@ -69,10 +173,10 @@ def _arch_flags() -> list[str]:
 
 
 def _cflags() -> list[str]:
-    # -ffp-contract=off: no fused multiply-adds (none are wanted; results must be the reference's
-    # bit for bit); never -ffast-math, which would break NaN and signed-zero semantics.
-    flags = ["-O3", "-ffp-contract=off", "-fopenmp", "-Wno-psabi", *_arch_flags()]
-    return flags + os.environ.get("TROPFX_KERNELS_CFLAGS", "").split()
+    """-O3, the fixed floating-point flags (FP_CFLAGS) and $TROPFX_KERNELS_CFLAGS, refused if it
+    would undo them (KernelFlagsError)."""
+    extra = check_flags(os.environ.get("TROPFX_KERNELS_CFLAGS", "").split(), "TROPFX_KERNELS_CFLAGS")
+    return ["-O3", *FP_CFLAGS, "-fopenmp", "-Wno-psabi", *_arch_flags(), *extra]
 
 
 def _cpu_features() -> str:
@@ -87,25 +191,47 @@ def _cpu_features() -> str:
     return platform.processor()
 
 
+def isa() -> str:
+    """The widest vector ISA the CPU kernels use here: AVX-512, AVX2, NEON or scalar."""
+    flags = set(_cpu_features().split())
+    if "avx512f" in flags and "avx512bw" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    if "asimd" in flags or platform.machine().lower() in ("aarch64", "arm64"):
+        return "NEON"
+    return "scalar"
+
+
 def _fingerprint() -> str:
-    h = hashlib.sha256()
-    for path in sorted(CSRC.iterdir()):
-        if path.suffix in (".h", ".cpp"):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
     # The source list too: two processes that compile different lists must not share a directory
     # (torch's lock lets the second one load what the first one built).
-    for part in (NAME, " ".join(SOURCES), torch.__version__, sys.version, platform.machine(),
-                 " ".join(_cflags()), _cpu_features(), os.environ.get("CXX", "")):
-        h.update(part.encode())
-    return h.hexdigest()[:16]
+    files = [p for p in CSRC.iterdir() if p.suffix in (".h", ".cpp")]
+    return fingerprint(NAME, files, _cflags(), " ".join(SOURCES), _cpu_features(),
+                       host_compiler(), toolchain(host_compiler()))
+
+
+def _directory() -> Path:
+    return build_directory("kernels", _fingerprint())
+
+
+def _library(directory: Path) -> Path:
+    return directory / f"{NAME}.so"
+
+
+def announce(what: str, directory: Path, duration: str) -> None:
+    """The one line a first build prints (stderr): what, where it is cached, about how long."""
+    print(f"tropfx: building {what} into {directory} (first use; about {duration}, cached after)",
+          file=sys.stderr, flush=True)
 
 
 def _build() -> str:
     from torch.utils.cpp_extension import load as jit_load
 
-    directory = cache_dir() / f"kernels-{_fingerprint()}"
+    directory = _directory()
     directory.mkdir(parents=True, exist_ok=True)
+    if not _library(directory).exists():
+        announce("the C++ kernels", directory, "1 minute")
     jit_load(
         name=NAME,
         sources=[str(CSRC / s) for s in SOURCES],
@@ -158,8 +284,42 @@ def available() -> bool:
     return _State.loaded if _State.tried else load()
 
 
+def _library_fp_state() -> dict:
+    """The loaded library's floating-point state, read from the library: whether its kernels'
+    translation unit was compiled with fast-math (``__FAST_MATH__``) or finite-math-only, and
+    whether the calling thread flushes denormals (x86 MXCSR FTZ / DAZ; always False elsewhere)."""
+    fast, finite, ftz, daz = torch.ops.tropfx._fp_state()
+    return {"fast_math": bool(fast), "finite_math_only": bool(finite), "flush_to_zero": bool(ftz),
+            "denormals_are_zero": bool(daz)}
+
+
 def build_info() -> dict:
     """What :func:`load` did: ``loaded``, ``error`` (why not), ``seconds`` (build or load time),
-    ``path`` (the build directory) and the compiler ``cflags``."""
-    return {"loaded": _State.loaded, "error": _State.error, "seconds": _State.seconds,
-            "path": _State.path, "cflags": _cflags()}
+    ``path`` (the build directory), the compiler ``cflags`` it asks for, ``fp_cflags`` (the fixed
+    floating-point flags) and, read back from the build, ``built_cflags`` (its ``build.ninja``)
+    and ``fp_state`` (the library's fast-math macros and the thread's flush-to-zero mode)."""
+    info = {"loaded": _State.loaded, "error": _State.error, "seconds": _State.seconds,
+            "path": _State.path, "fp_cflags": list(FP_CFLAGS)}
+    try:
+        info["cflags"] = _cflags()
+    except KernelFlagsError as exc:
+        info["cflags"] = None
+        info["error"] = info["error"] or str(exc)
+    info["built_cflags"] = ninja_flags(_State.path).get("cflags", []) if _State.path else []
+    info["fp_state"] = _library_fp_state() if _State.loaded else None
+    return info
+
+
+def status() -> dict:
+    """Where the kernels are cached and whether they are built and loaded, without building:
+    ``cache_dir``, ``path`` (this machine's and sources' build directory), ``built``, ``loaded``
+    (in this process), ``isa``, ``compiler``."""
+    try:
+        directory = _directory()
+    except KernelFlagsError as exc:
+        return {"cache_dir": str(cache_dir()), "path": None, "built": False,
+                "loaded": _State.loaded, "isa": isa(), "compiler": toolchain(host_compiler()),
+                "error": str(exc)}
+    return {"cache_dir": str(cache_dir()), "path": str(directory),
+            "built": _library(directory).exists(), "loaded": _State.loaded, "isa": isa(),
+            "compiler": toolchain(host_compiler()), "error": _State.error}

@@ -5,11 +5,17 @@
 directory, and loads the library: it registers the CUDA implementations of the ``torch.ops.tropfx``
 operators, whose schemas come with the CPU extension (``kernels/csrc/ops.cpp``), so load that first.
 The first call on a machine compiles for the visible GPU's architecture (or ``TORCH_CUDA_ARCH_LIST``)
-and takes a few minutes; later processes reuse the cache.
+and takes a few minutes (one line says so); later processes reuse the cache.
+
+The cache policy is the CPU kernels' (:mod:`tropfx.kernels._build`): ``$TROPFX_CACHE``, one directory
+per fingerprint of the sources (``kernels/cuda``, ``kernels/csrc``'s headers), the flags and the
+toolchain (nvcc's and the host compiler's versions, torch, CUDA, the target architectures), so two
+checkouts never share a build. The floating-point flags are fixed (``_build.NVCC_FP_FLAGS``,
+``_build.FP_CFLAGS``); ``TROPFX_CUDA_CFLAGS`` adds nvcc flags, and is refused where it would undo
+them (``--use_fast_math``).
 
 Without a CUDA build of torch or a visible GPU it returns False after one warning; no
-``torch.ops.tropfx`` operator then has a CUDA implementation. ``TROPFX_CUDA=0`` skips the build silently;
-``TROPFX_CUDA_BUILD_DIR`` moves the cache (default ``~/.cache/tropfx``).
+``torch.ops.tropfx`` operator then has a CUDA implementation. ``TROPFX_CUDA=0`` skips the build silently.
 
 :func:`build_emulation` compiles the same kernels and binding for a CPU emulator
 (``kernels/cuda/emulation``) as ``torch.ops.tropfx_emu.*`` on CPU tensors, so that the CUDA code's
@@ -26,7 +32,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CUDA_DIR", "build_directory", "build_emulation", "cuda_sources", "load_cuda"]
+from tropfx.kernels import _build
+
+__all__ = ["CUDA_DIR", "build_directory", "build_emulation", "cuda_cflags", "cuda_sources",
+           "emulation_directory", "load_cuda", "status"]
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 EXTENSION_NAME = "tropfx_cuda"
@@ -40,14 +49,57 @@ def cuda_sources() -> list[Path]:
     return [CUDA_DIR / "ops_cuda.cpp", *sorted(CUDA_DIR.glob("*.cu"))]
 
 
+def _all_files() -> list[Path]:
+    """Everything a CUDA or emulator build reads: kernels/cuda (emulation included) and the
+    csrc headers the binding includes (contract.h, schemas.h, ...)."""
+    csrc = CUDA_DIR.parent / "csrc"
+    return [p for p in (*CUDA_DIR.rglob("*"), *csrc.glob("*.h"))
+            if p.suffix in (".cu", ".cuh", ".h", ".cpp")]
+
+
+def _nvcc() -> str:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else "nvcc"
+
+
+def cuda_cflags() -> tuple[list[str], list[str]]:
+    """(host flags, nvcc flags): -O3, the fixed floating-point flags and $TROPFX_CUDA_CFLAGS
+    (refused with _build.KernelFlagsError where it would undo them)."""
+    extra = _build.check_flags(os.environ.get("TROPFX_CUDA_CFLAGS", "").split(), "TROPFX_CUDA_CFLAGS")
+    return ["-O3", *_build.FP_CFLAGS], ["-O3", *_build.NVCC_FP_FLAGS, *extra]
+
+
+def _arch() -> str:
+    """The architectures the build targets (as torch.utils.cpp_extension picks them)."""
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if not arch and torch.cuda.is_available():
+        arch = ";".join(sorted({"{}.{}".format(*torch.cuda.get_device_capability(i))
+                                for i in range(torch.cuda.device_count())}))
+    return arch
+
+
 def build_directory() -> Path:
-    """Where the extension is built: one directory per torch and CUDA version."""
-    root = os.environ.get("TROPFX_CUDA_BUILD_DIR")
-    if not root:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(cache, "tropfx")
-    tag = f"torch{torch.__version__}-cuda{torch.version.cuda}".replace("+", "_")
-    return Path(root) / f"{EXTENSION_NAME}-{tag}"
+    """Where the CUDA extension is built: one directory per fingerprint of its sources, flags and
+    toolchain (the cache policy of :mod:`tropfx.kernels._build`)."""
+    host, device = cuda_cflags()
+    key = _build.fingerprint(EXTENSION_NAME, _all_files(), [*host, "|", *device],
+                             str(torch.version.cuda), _arch(), _build.toolchain(_nvcc()),
+                             _build.host_compiler(), _build.toolchain(_build.host_compiler()))
+    return _build.build_directory("cuda", key)
+
+
+def status() -> dict:
+    """Whether torch has CUDA and sees a GPU, and whether the extension is built and loaded,
+    without building it."""
+    info = {"torch_cuda": torch.version.cuda, "device": None, "path": None, "built": False,
+            "loaded": bool(_loaded)}
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+        directory = build_directory()
+        info["path"] = str(directory)
+        info["built"] = (directory / f"{EXTENSION_NAME}.so").exists()
+    return info
 
 
 def load_cuda(*, verbose: bool = False) -> bool:
@@ -72,15 +124,21 @@ def _load(verbose: bool) -> bool:
         return _decline("torch sees no CUDA device")
     from torch.utils import cpp_extension
 
-    build = build_directory()
+    try:
+        host, device = cuda_cflags()
+        build = build_directory()
+    except _build.KernelFlagsError as exc:
+        return _decline(str(exc))
     build.mkdir(parents=True, exist_ok=True)
+    if not (build / f"{EXTENSION_NAME}.so").exists():
+        _build.announce("the CUDA kernels", build, "3 minutes")
     try:
         cpp_extension.load(
             name=EXTENSION_NAME,
             sources=[str(path) for path in cuda_sources()],
             extra_include_paths=[str(CUDA_DIR)],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3"],
+            extra_cflags=host,
+            extra_cuda_cflags=device,
             build_directory=str(build),
             is_python_module=False,  # a plain library: loading it registers the operators
             verbose=verbose,
@@ -113,18 +171,21 @@ def build_emulation(*, verbose: bool = False) -> str:
         raise OSError("the CUDA emulation needs Linux (ucontext fibers)")
     from torch.utils import cpp_extension
 
-    # TROPFX_EMU_SANITIZE=1: built with AddressSanitizer and UBSan (its own library and folder);
-    # loading it needs libasan preloaded (tests/test_emulator.py runs it in a subprocess).
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                "-fno-omit-frame-pointer"] if os.environ.get("TROPFX_EMU_SANITIZE") == "1" else []
+    # TROPFX_EMU_SANITIZE=1: built with AddressSanitizer and UBSan (its own library; the flags are
+    # part of the fingerprint, so its own folder); loading it needs libasan preloaded
+    # (tests/test_emulator.py runs it in a subprocess).
+    sanitize = _sanitize_flags()
     name = f"{EXTENSION_NAME}_emulation" + ("_asan" if sanitize else "")
-    build = build_directory().with_name(f"{name}-torch{torch.__version__}")
+    cflags = _emulation_cflags()
+    build = emulation_directory(cflags)
     sources = _emulation_sources(build / "src")
+    if not (build / f"{name}.so").exists():
+        _build.announce("the CUDA kernels for the CPU emulator", build, "1 minute")
     return cpp_extension.load(
         name=name,
         sources=[str(path) for path in sources],
         extra_include_paths=[str(CUDA_DIR / "emulation"), str(build / "src" / "cuda")],
-        extra_cflags=["-O1", "-fno-strict-aliasing", *sanitize],
+        extra_cflags=cflags,
         extra_ldflags=sanitize,
         build_directory=str(build),
         is_python_module=False,
@@ -132,9 +193,31 @@ def build_emulation(*, verbose: bool = False) -> str:
     )
 
 
+def _sanitize_flags() -> list[str]:
+    """AddressSanitizer and UBSan flags when ``TROPFX_EMU_SANITIZE=1``, else none."""
+    if os.environ.get("TROPFX_EMU_SANITIZE") != "1":
+        return []
+    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
+def _emulation_cflags() -> list[str]:
+    """The emulator's host flags: -O1, the fixed floating-point flags (the emulated kernels must
+    round as the device's --ftz=false --fmad=false code), and the sanitizers when asked for."""
+    return ["-O1", "-fno-strict-aliasing", *_build.FP_CFLAGS, *_sanitize_flags()]
+
+
+def emulation_directory(cflags: list[str] | None = None) -> Path:
+    """Where the emulator's library is built (the cache policy of :mod:`tropfx.kernels._build`)."""
+    cflags = _emulation_cflags() if cflags is None else cflags
+    key = _build.fingerprint(f"{EXTENSION_NAME}_emulation", _all_files(), cflags,
+                             _build.host_compiler(), _build.toolchain(_build.host_compiler()))
+    return _build.build_directory("cuda-emulation", key)
+
+
 def _emulation_sources(root: Path) -> list[Path]:
-    """Rewritten copies of the kernels (as C++), the binding (CPU dispatch key, namespace
-    tropfx_emu) and the schemas, under ``root``; files are rewritten only when they change."""
+    """Rewritten copies of the kernels (as C++) and the binding (CPU dispatch key, namespace
+    tropfx_emu) and the schemas' registration (csrc/schemas.h, included: the one schema source),
+    under ``root``; files are rewritten only when they change."""
     csrc = CUDA_DIR.parent / "csrc"
     texts: dict[Path, str] = {}
     for path in csrc.glob("*.h"):  # the kernels include ../csrc/semantics.h
@@ -154,12 +237,10 @@ def _emulation_sources(root: Path) -> list[Path]:
     binding = binding.replace("TORCH_LIBRARY_IMPL(tropfx, CUDA, m)",
                               f"TORCH_LIBRARY_IMPL({EMULATION_NAMESPACE}, CPU, m)")
     texts[root / "cuda" / "ops_cuda.cpp"] = binding
-    ops = next(text for path in sorted(csrc.glob("*.cpp"))
-               if "TORCH_LIBRARY(tropfx, m)" in (text := path.read_text()))
-    start = ops.index("TORCH_LIBRARY(tropfx, m)")
-    schemas = ops[start:ops.index("\n}\n", start) + 3]
-    texts[root / "schemas.cpp"] = "#include <torch/library.h>\n\n" + schemas.replace(
-        "TORCH_LIBRARY(tropfx, m)", f"TORCH_LIBRARY({EMULATION_NAMESPACE}, m)")
+    texts[root / "schemas.cpp"] = (
+        '#include <torch/library.h>\n\n#include "csrc/schemas.h"\n\n'
+        f"TORCH_LIBRARY({EMULATION_NAMESPACE}, m) {{\n"
+        "  for (const char* schema : tropfx::kSchemas) m.def(schema);\n}\n")
     texts[root / "runtime.cpp"] = (CUDA_DIR / "emulation" / "runtime.cpp").read_text()
     for path, text in texts.items():
         path.parent.mkdir(parents=True, exist_ok=True)

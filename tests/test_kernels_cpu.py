@@ -275,7 +275,7 @@ def test_sparse_maxplus_grad_x_is_bitwise_for_random_grads(ops):
 
 
 def test_sparse_maxplus_rejects_bad_indices(ops):
-    with pytest.raises(RuntimeError, match=r"outside \[0, 4\)"):
+    with pytest.raises(IndexError, match=r"index holds 4, outside \[0, 4\)"):
         ops.sparse_maxplus(torch.randn(2, 4), torch.tensor([[0, 4]]), torch.zeros(1, 2), None)
 
 

@@ -8,6 +8,8 @@
     tropfx summary MODEL|FILE [--example-shape 1,3,32,32]
     tropfx bench [SCRIPT [-- ARGS]]               list or run the scripts in benchmarks/
     tropfx bench MODEL --passes SPECS --example-shape ...   time forward before / after compile
+    tropfx kernels build [--cuda] [--emulation]   prebuild the C++ (and CUDA) kernels into the cache
+    tropfx kernels info [--json PATH]             cache path, ISA, flags, built / loaded
 
 ``MODEL`` is ``MODULE:FACTORY`` (``tropfx.demo:SmallCNN``, ``pkg.models:resnet18(num_classes=10)``,
 ``path/to/model.py:build``): the factory is called (with the literal arguments given) and must
@@ -555,6 +557,81 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# tropfx kernels: prebuild the kernels, and say where they are and whether they load.
+
+
+def _kernels_build(args: argparse.Namespace) -> int:
+    from tropfx.kernels import _build, cuda_build
+
+    failed = 0
+    start = time.perf_counter()
+    if _build.load():
+        info = _build.build_info()
+        print(f"C++ kernels: ready in {time.perf_counter() - start:.1f} s, cached in {info['path']}")
+    else:
+        print(f"C++ kernels: not built: {_build.build_info()['error']}", file=sys.stderr)
+        failed = 1
+    if args.cuda:
+        start = time.perf_counter()
+        if cuda_build.load_cuda():
+            print(f"CUDA kernels: ready in {time.perf_counter() - start:.1f} s, cached in "
+                  f"{cuda_build.build_directory()}")
+        else:
+            print("CUDA kernels: not built (see the warning above)", file=sys.stderr)
+            failed = 1
+    if args.emulation:
+        start = time.perf_counter()
+        try:
+            cuda_build.build_emulation()
+            print(f"CUDA emulator: ready in {time.perf_counter() - start:.1f} s, cached in "
+                  f"{cuda_build.emulation_directory()}")
+        except (OSError, RuntimeError, ImportError) as exc:
+            print(f"CUDA emulator: not built: {exc}", file=sys.stderr)
+            failed = 1
+    return failed
+
+
+def _kernels_info(args: argparse.Namespace) -> int:
+    from tropfx.kernels import _build, cuda_build
+
+    cpu = _build.status()
+    if cpu["built"]:
+        _build.load()  # a cached build loads in well under a second; nothing is compiled
+        cpu = _build.status()
+    fp = _build.build_info().get("fp_state") if cpu["loaded"] else None
+    emulator = cuda_build.emulation_directory()
+    info = {"cache_dir": cpu["cache_dir"], "isa": cpu["isa"], "compiler": cpu["compiler"],
+            "cpu": {"path": cpu["path"], "built": cpu["built"], "loaded": cpu["loaded"],
+                    "error": cpu["error"], "fp_state": fp},
+            "fp_cflags": list(_build.FP_CFLAGS), "nvcc_fp_flags": list(_build.NVCC_FP_FLAGS),
+            "cuda": cuda_build.status(),
+            "emulator": {"path": str(emulator),
+                         "built": (emulator / f"{cuda_build.EXTENSION_NAME}_emulation.so").exists()}}
+    yes = {True: "yes", False: "no"}
+    print(f"cache        {info['cache_dir']}  ($TROPFX_CACHE)")
+    print(f"ISA          {info['isa']} (-march=native), compiler: {info['compiler'] or '?'}")
+    print(f"CPU kernels  built: {yes[cpu['built']]}, loaded: {yes[cpu['loaded']]}  ({cpu['path']})"
+          + ("" if cpu["built"] else "; run `tropfx kernels build`"))
+    if cpu["error"] and not cpu["loaded"]:
+        print(f"             {cpu['error']}")
+    print(f"FP flags     {' '.join(_build.FP_CFLAGS)}; nvcc {' '.join(_build.NVCC_FP_FLAGS)}"
+          + (f"; library: fast-math {yes[fp['fast_math']]}, flush-to-zero "
+             f"{yes[fp['flush_to_zero']]}" if fp else ""))
+    cuda = info["cuda"]
+    if cuda["torch_cuda"] is None:
+        print("CUDA         this torch is a CPU-only build")
+    elif cuda["device"] is None:
+        print(f"CUDA         torch {cuda['torch_cuda']}, but no visible GPU")
+    else:
+        print(f"CUDA         {cuda['device']}: built: {yes[cuda['built']]}, loaded: "
+              f"{yes[cuda['loaded']]}  ({cuda['path']})")
+    print(f"CUDA emulator built: {yes[info['emulator']['built']]}  ({emulator})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # Parser.
 
 
@@ -679,6 +756,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backward", action="store_true", help="time forward + backward")
     bench.add_argument("--json", metavar="PATH", help="also write the timings as JSON")
     bench.set_defaults(func=_bench)
+
+    kern = command(
+        "kernels", "prebuild the C++ / CUDA kernels, or show where they are cached",
+        "The compiled kernels are built on first use into $TROPFX_CACHE (~/.cache/tropfx), one "
+        "directory per fingerprint of sources, flags and toolchain. `build` prebuilds them (for "
+        "images and CI); `info` shows the cache, the ISA, the floating-point flags and whether the "
+        "kernels are built and load, without compiling anything.",
+        "examples:\n  tropfx kernels build\n  tropfx kernels build --cuda\n  tropfx kernels info")
+    kern_sub = kern.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kbuild = kern_sub.add_parser("build", help="build (or load the cached build of) the kernels")
+    kbuild.add_argument("--cuda", action="store_true", help="also the CUDA kernels (needs a GPU)")
+    kbuild.add_argument("--emulation", action="store_true",
+                        help="also the CUDA kernels for the CPU emulator (tests)")
+    kbuild.set_defaults(func=_kernels_build)
+    kinfo = kern_sub.add_parser("info", help="cache path, ISA, flags, built / loaded")
+    kinfo.add_argument("--json", metavar="PATH", help="also write the information as JSON")
+    kinfo.set_defaults(func=_kernels_info)
     return parser
 
 

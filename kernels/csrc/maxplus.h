@@ -421,24 +421,37 @@ void dense_forward(const DenseArgs<T>& a, const T* packed, bool weights_clean, i
   }
 }
 
+// Whether a saved argmax q is a term in [0, n): one unsigned comparison, which replaces the
+// q >= 0 test of the loops below, so that the range check costs nothing; anything else must be
+// -1 (the bias won) or the backward reports it (the binding then raises, naming the value).
+inline bool term(int32_t q, int64_t n) { return uint64_t(int64_t(q)) < uint64_t(n); }
+
 // grad_x rows [r0, r1): the scatter of grad_y over the saved argmax, outputs in increasing order
 // (the order of the reference's scatter_add_, so sums round identically). grad_x is zero-filled.
+// False if an argmax is outside [-1, K) (it is skipped: nothing is written out of bounds).
 template <typename T>
-void dense_backward_input(const T* g, const int32_t* arg, T* gx, int64_t K, int64_t M, bool minplus,
+bool dense_backward_input(const T* g, const int32_t* arg, T* gx, int64_t K, int64_t M, bool minplus,
                           int64_t r0, int64_t r1) {
+  bool ok = true;
   for (int64_t r = r0; r < r1; ++r) {
     T* out = gx + r * K;
     const T* gr = g + r * M;
     const int32_t* ar = arg + r * M;
-    for (int64_t o = 0; o < M; ++o)
-      if (ar[o] >= 0) out[ar[o]] += signed_(gr[o], minplus);
+    for (int64_t o = 0; o < M; ++o) {
+      if (term(ar[o], K))
+        out[ar[o]] += signed_(gr[o], minplus);
+      else
+        ok &= ar[o] == -1;
+    }
     if (minplus)
       for (int64_t k = 0; k < K; ++k) out[k] = -out[k];
   }
+  return ok;
 }
 
 // grad_w (and grad_bias) of outputs [o0, o1), batch rows in increasing order (the reference's
-// index_add_ order). Both are zero-filled.
+// index_add_ order). Both are zero-filled. argmax must be in [-1, K): dense_backward_input, which
+// runs first over every row, has checked it (the binding raises before calling this otherwise).
 template <typename T>
 void dense_backward_weight(const T* g, const int32_t* arg, T* gw, T* gb, int64_t B, int64_t K,
                            int64_t M, bool minplus, int64_t o0, int64_t o1) {
@@ -719,27 +732,35 @@ void sparse_forward_inner(const SparseArgs<T>& a, int64_t t0, int64_t t1) {
 }
 
 // grad_x for outer rows [n0, n1) and inner positions [s0, s1): outputs in increasing order per
-// destination (the reference's index_add_ order). grad_x is zero-filled.
+// destination (the reference's index_add_ order). grad_x is zero-filled. index is in [0, in)
+// (checked by the binding); false if an argmax is outside [-1, k) (skipped).
 template <typename T>
-void sparse_backward_input(const T* g, const int32_t* arg, const int64_t* index, T* gx,
+bool sparse_backward_input(const T* g, const int32_t* arg, const int64_t* index, T* gx,
                            int64_t in, int64_t inner, int64_t out, int64_t k, bool minplus,
                            int64_t n0, int64_t n1, int64_t s0, int64_t s1) {
+  bool ok = true;
   for (int64_t b = n0; b < n1; ++b) {
     T* gxb = gx + b * in * inner;
     for (int64_t o = 0; o < out; ++o) {
       const T* gr = g + (b * out + o) * inner;
       const int32_t* ar = arg + (b * out + o) * inner;
       const int64_t* idx = index + o * k;
-      for (int64_t s = s0; s < s1; ++s)
-        if (ar[s] >= 0) gxb[idx[ar[s]] * inner + s] += signed_(gr[s], minplus);
+      for (int64_t s = s0; s < s1; ++s) {
+        if (term(ar[s], k))
+          gxb[idx[ar[s]] * inner + s] += signed_(gr[s], minplus);
+        else
+          ok &= ar[s] == -1;
+      }
     }
     if (minplus)
       for (int64_t i = 0; i < in; ++i)
         for (int64_t s = s0; s < s1; ++s) gxb[i * inner + s] = -gxb[i * inner + s];
   }
+  return ok;
 }
 
 // grad_value and grad_bias of outputs [o0, o1), summed over (outer, inner) in order. Zero-filled.
+// argmax must be in [-1, k): sparse_backward_input, which runs first, has checked it.
 template <typename T>
 void sparse_backward_value(const T* g, const int32_t* arg, T* gv, T* gb, int64_t outer,
                            int64_t inner, int64_t out, int64_t k, bool minplus, int64_t o0,
@@ -779,14 +800,14 @@ bool all_clean(const T* v, int64_t n, bool negate) {
   X template bool dense_pack<T>(const DenseArgs<T>&, T*, int64_t, int64_t);                        \
   X template void dense_forward<T>(const DenseArgs<T>&, const T*, bool, int64_t, int64_t, int64_t, \
                                    int64_t);                                                       \
-  X template void dense_backward_input<T>(const T*, const int32_t*, T*, int64_t, int64_t, bool,    \
+  X template bool dense_backward_input<T>(const T*, const int32_t*, T*, int64_t, int64_t, bool,    \
                                           int64_t, int64_t);                                       \
   X template void dense_backward_weight<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \
                                            int64_t, bool, int64_t, int64_t);                       \
   X template void sparse_forward_rows<T>(const SparseArgs<T>&, const int32_t*, const T*, const T*, \
                                          int64_t, int64_t);                                        \
   X template void sparse_forward_inner<T>(const SparseArgs<T>&, int64_t, int64_t);                 \
-  X template void sparse_backward_input<T>(const T*, const int32_t*, const int64_t*, T*, int64_t,  \
+  X template bool sparse_backward_input<T>(const T*, const int32_t*, const int64_t*, T*, int64_t,  \
                                            int64_t, int64_t, int64_t, bool, int64_t, int64_t,      \
                                            int64_t, int64_t);                                      \
   X template void sparse_backward_value<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t,     \

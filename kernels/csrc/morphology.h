@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ranges.h"
 #include "semantics.h"
 #include "simd.h"
 
@@ -372,13 +373,27 @@ void morph_forward_full(const MorphArgs<T>& a, const T* padded, const T* wt, con
 
 // Backward, per channel: channels [c0, c1), samples and outputs in order. grad_x and grad_w are
 // zero-filled; the gradient of padding is dropped, the SE entry still gets it (as in the reference).
+// The first pass of each backward (this one; morph_backward_full_input) returns false if an argmax
+// is outside the window ([0, kh * kw) per channel, [0, C * kh * kw) full): it is skipped (nothing is
+// written out of bounds) and the binding raises, naming the value. Here each plane's argmax is
+// checked by a vectorized min / max just before the loop reads it (in cache; measured faster than
+// a compare in the loop, which cost ~5 %); morph_backward_full_input compares in its loop (a plane
+// scan there measured 2x slower, for a reason not found).
 template <typename T>
-void morph_backward_channels(const MorphArgs<T>& a, const T* g, T* gx, T* gw, int64_t c0,
+bool morph_backward_channels(const MorphArgs<T>& a, const T* g, T* gx, T* gw, int64_t c0,
                              int64_t c1) {
   const int K = a.kh * a.kw;
+  bool ok = true;
   for (int64_t c = c0; c < c1; ++c) {
     for (int64_t n = 0; n < a.N; ++n) {
       const int64_t plane = (n * a.C + c) * a.Ho * a.Wo;
+      if (a.Ho * a.Wo > 0) {  // the plane's argmax, checked while it is in cache
+        const MinMax m = min_max(a.arg + plane, a.Ho * a.Wo);
+        if (m.min < 0 || m.max >= K) {
+          ok = false;
+          continue;
+        }
+      }
       T* gxp = gx + (n * a.C + c) * a.H * a.W;
       for (int64_t i = 0; i < a.Ho; ++i)
         for (int64_t j = 0; j < a.Wo; ++j) {
@@ -392,12 +407,15 @@ void morph_backward_channels(const MorphArgs<T>& a, const T* g, T* gx, T* gw, in
         }
     }
   }
+  return ok;
 }
 
 // Backward, full form, grad_x of samples [n0, n1) (output channels, then positions, in order).
 template <typename T>
-void morph_backward_full_input(const MorphArgs<T>& a, const T* g, T* gx, int64_t n0, int64_t n1) {
+bool morph_backward_full_input(const MorphArgs<T>& a, const T* g, T* gx, int64_t n0, int64_t n1) {
   const int K = a.kh * a.kw;
+  const int64_t window = a.C * K;
+  bool ok = true;
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t o = 0; o < a.O; ++o) {
       const int64_t plane = (n * a.O + o) * a.Ho * a.Wo;
@@ -405,6 +423,10 @@ void morph_backward_full_input(const MorphArgs<T>& a, const T* g, T* gx, int64_t
         for (int64_t j = 0; j < a.Wo; ++j) {
           const int64_t at = plane + i * a.Wo + j;
           const int32_t t = a.arg[at];
+          if (uint64_t(int64_t(t)) >= uint64_t(window)) {
+            ok = false;
+            continue;
+          }
           const int64_t c = t / K;
           const int q = t % K;
           const int64_t h = i * a.sh + int64_t(q / a.kw) * a.dh - a.ph;
@@ -412,9 +434,11 @@ void morph_backward_full_input(const MorphArgs<T>& a, const T* g, T* gx, int64_t
           if (h >= 0 && h < a.H && x >= 0 && x < a.W) gx[((n * a.C + c) * a.H + h) * a.W + x] += g[at];
         }
     }
+  return ok;
 }
 
 // Backward, full form, grad_w of output channels [o0, o1) (samples, then positions, in order).
+// argmax must be in [0, C * kh * kw): morph_backward_full_input, which runs first, has checked it.
 template <typename T>
 void morph_backward_full_weight(const MorphArgs<T>& a, const T* g, T* gw, int64_t o0, int64_t o1) {
   const int64_t per_o = a.C * a.kh * a.kw;
@@ -436,9 +460,9 @@ void morph_backward_full_weight(const MorphArgs<T>& a, const T* g, T* gw, int64_
   X template void morph_pad_planes<T>(const MorphArgs<T>&, T*, uint8_t*, int64_t, int64_t);        \
   X template void morph_forward_full<T>(const MorphArgs<T>&, const T*, const T*, const uint8_t*,   \
                                         bool, int64_t, int64_t);                                   \
-  X template void morph_backward_channels<T>(const MorphArgs<T>&, const T*, T*, T*, int64_t,       \
+  X template bool morph_backward_channels<T>(const MorphArgs<T>&, const T*, T*, T*, int64_t,       \
                                              int64_t);                                             \
-  X template void morph_backward_full_input<T>(const MorphArgs<T>&, const T*, T*, int64_t,         \
+  X template bool morph_backward_full_input<T>(const MorphArgs<T>&, const T*, T*, int64_t,         \
                                                int64_t);                                           \
   X template void morph_backward_full_weight<T>(const MorphArgs<T>&, const T*, T*, int64_t,        \
                                                 int64_t);

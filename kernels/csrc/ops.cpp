@@ -1,8 +1,9 @@
-// The tropfx operators: their schemas, written once (TORCH_LIBRARY), and their CPU
-// implementations <op>_cpu (TORCH_LIBRARY_IMPL): checks, allocation and threading
-// (at::parallel_for, OpenMP in torch's builds); the math is in the torch-free headers. Fake (meta)
-// implementations, autograd formulas and pure-torch references: tropfx/kernels/ops.py and
-// reference.py. One translation unit: torch's headers are the slow part of the build, and the
+// The tropfx operators: their schemas (schemas.h, written once) registered as a library
+// (TORCH_LIBRARY), and their CPU implementations <op>_cpu (TORCH_LIBRARY_IMPL): the contract's
+// meta function (contract.h: argument checks, output sizes, shared with the CUDA binding), the
+// index range checks, allocation and threading (at::parallel_for, OpenMP in torch's builds); the
+// math is in the torch-free headers. Fake implementations, autograd formulas and pure-torch
+// references: tropfx/kernels/ops.py and reference.py. One translation unit: torch's headers are the slow part of the build, and the
 // bindings are thin, so this file is optimized less (the kernels' own files get -O3).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("O1")
@@ -24,40 +25,62 @@
 
 #include "binding_utils.h"
 #include "boolean.h"
+#include "contract.h"
 #include "maxplus.h"
 #include "morphology.h"
 #include "output_cache.h"
+#include "ranges.h"
+#include "schemas.h"
 
 namespace {
 
 using at::Tensor;
-using namespace tropfx::binding;  // ceil_div, wrap_dim, Window, window_of, pool_out
+using namespace tropfx::binding;  // ceil_div, arg, opt_arg, ptr
+namespace ct = tropfx::contract;
+constexpr const ct::Backend& kCPU = ct::kCPU;
 
-void check_float(const Tensor& t, const char* op, const char* name) {
+void check_cpu(const Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "tropfx::", op, ": ", name, " is on ", t.device(),
               "; these are the CPU kernels");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "tropfx::", op,
-              ": ", name, " is ", t.scalar_type(),
-              "; the kernels support float32 and float64 (convert with .float(), or use the "
-              "reference in tropfx.nn.functional / tropfx.nn.morphology)");
 }
 
-void check_same(const Tensor& a, const Tensor& b, const char* op, const char* name) {
-  TORCH_CHECK(b.device().is_cpu(), "tropfx::", op, ": ", name, " is on ", b.device(), ", x on the CPU");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "tropfx::", op, ": ", name, " is ",
-              b.scalar_type(), " but x is ", a.scalar_type(), "; convert one of them");
+// The values of an index tensor (contiguous, int32 or int64) against the contract's range: one
+// vectorized min / max pass (ranges.h), split across threads for large tensors.
+template <typename I>
+void check_values(const char* op, const ct::Range& r, const Tensor& t) {
+  const int64_t n = t.numel();
+  if (n == 0) return;
+  const I* p = t.const_data_ptr<I>();
+  std::mutex mutex;
+  tropfx::MinMax all{INT64_MAX, INT64_MIN};
+  at::parallel_for(0, n, int64_t(1) << 18, [&](int64_t i0, int64_t i1) {
+    const tropfx::MinMax m = tropfx::min_max(p + i0, i1 - i0);
+    const std::lock_guard<std::mutex> lock(mutex);
+    all = {std::min(all.min, m.min), std::max(all.max, m.max)};
+  });
+  ct::check_range(op, r, all.min, all.max);
 }
 
-void check_int32(const Tensor& t, const char* op) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kInt, "tropfx::", op,
-              ": argmax must be the int32 CPU tensor the forward returned, got ", t.scalar_type());
-}
+// The argmax checks of the backward operators are folded into the loops of each backward's first
+// pass (the grad_x kernels: an unsigned comparison that replaces the "bias won" test; a separate
+// pass over argmax cost 16-33 % of the backward), which skip an entry out of range, so nothing is
+// written out of bounds. Where one reported such an entry, raise_if_bad finds the extreme value and
+// raises, naming it, before the second pass (grad_weight / grad_value), which trusts the argmax.
+class ArgmaxCheck {
+ public:
+  void operator()(bool in_range) {
+    if (!in_range) ok_.store(false, std::memory_order_relaxed);
+  }
+  void raise_if_bad(const char* op, const ct::Range& r, const Tensor& argmax) const {
+    if (ok_.load()) return;
+    check_values<int32_t>(op, r, argmax);
+    TORCH_CHECK_INDEX(false, "tropfx::", op, ": argmax holds a value outside [", r.lo, ", ", r.hi,
+                      ")");
+  }
 
-void check_bits(const Tensor& t, const char* op, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kUInt64 && t.dim() == dim, "tropfx::",
-              op, ": ", name, " must be a ", dim, "-D uint64 CPU tensor of packed bits (tropfx::pack_bits),"
-              " got ", t.scalar_type(), " of ", t.dim(), " dims");
-}
+ private:
+  std::atomic<bool> ok_{true};
+};
 
 // Scratch memory for one call, ``words`` uint64 aligned to a cache line. Up to kKeptWords (16 MiB)
 // it is the calling thread's buffer, kept from call to call (slots 0 and 1: two alive at once): a
@@ -91,26 +114,17 @@ class Scratch {
 std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
                                        const std::optional<Tensor>& bias_, bool minplus,
                                        bool with_argmax) {
-  check_float(x_, "maxplus", "x");
-  check_same(x_, weight_, "maxplus", "weight");
-  TORCH_CHECK(x_.dim() >= 1 && weight_.dim() == 2 && x_.size(-1) == weight_.size(1),
-              "tropfx::maxplus: x (..., in) must fit weight (out, in); got x ", x_.sizes(),
-              " and weight ", weight_.sizes());
-  const int64_t K = weight_.size(1), M = weight_.size(0), B = x_.numel() / std::max<int64_t>(K, 1);
-  TORCH_CHECK(K > 0, "tropfx::maxplus: in_features is 0; a max over no input is undefined");
-  TORCH_CHECK(K < (int64_t(1) << 31), "tropfx::maxplus: in_features must fit the int32 argmax");
-  Tensor bias;
-  if (bias_.has_value()) {
-    bias = bias_->contiguous();
-    check_same(x_, bias, "maxplus", "bias");
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == M, "tropfx::maxplus: bias must be (", M,
-                "), got ", bias.sizes());
-  }
+  const char* op = "maxplus";
+  check_cpu(x_, op, "x");
+  check_cpu(weight_, op, "weight");
+  if (bias_.has_value()) check_cpu(*bias_, op, "bias");
+  const auto bias_arg = opt_arg(bias_);
+  const ct::Dense m = ct::maxplus(kCPU, arg(x_), arg(weight_), ptr(bias_arg), with_argmax);
+  const int64_t K = m.K, M = m.M, B = m.B;
+  const Tensor bias = bias_.has_value() ? bias_->contiguous() : Tensor();
   const Tensor x = x_.contiguous(), w = weight_.contiguous();
-  auto shape = x.sizes().vec();
-  shape.back() = M;
-  Tensor y = output_empty(shape, x.options());
-  Tensor arg = output_empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
+  Tensor y = output_empty(m.y, x.options());
+  Tensor arg = output_empty(m.argmax, x.options().dtype(at::kInt));
   if (B == 0 || M == 0) return {y, arg};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tropfx::maxplus", [&] {
     using Tiling = tropfx::DenseTiling<scalar_t>;
@@ -149,25 +163,25 @@ std::tuple<Tensor, Tensor> maxplus_cpu(const Tensor& x_, const Tensor& weight_,
 
 std::tuple<Tensor, Tensor, Tensor> maxplus_backward_cpu(const Tensor& grad_, const Tensor& arg_,
                                                         int64_t K, bool has_bias, bool minplus) {
-  check_float(grad_, "maxplus_backward", "grad");
-  check_int32(arg_, "maxplus_backward");
-  TORCH_CHECK(grad_.sizes() == arg_.sizes(), "tropfx::maxplus_backward: grad ", grad_.sizes(),
-              " and argmax ", arg_.sizes(), " differ; was the forward run with with_argmax=True?");
+  const char* op = "maxplus_backward";
+  check_cpu(grad_, op, "grad");
+  check_cpu(arg_, op, "argmax");
+  const ct::DenseBackward m = ct::maxplus_backward(kCPU, arg(grad_), arg(arg_), K, has_bias);
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous();
-  const int64_t M = g.size(-1), B = g.numel() / std::max<int64_t>(M, 1);
-  auto shape = g.sizes().vec();
-  shape.back() = K;
-  Tensor gx = output_zeros(shape, g.options());
-  Tensor gw = output_zeros({M, K}, g.options());
-  Tensor gb = output_zeros({has_bias ? M : 0}, g.options());
+  const int64_t M = m.M, B = m.B;
+  Tensor gx = output_zeros(m.gx, g.options());
+  Tensor gw = output_zeros(m.gw, g.options());
+  Tensor gb = output_zeros(m.gb, g.options());
   if (B == 0 || M == 0) return {gx, gw, gb};
+  ArgmaxCheck checked;  // the kernels write grad_x[.., argmax]
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::maxplus_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int32_t* ap = arg.const_data_ptr<int32_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B, 16, [&](int64_t r0, int64_t r1) {
-      tropfx::dense_backward_input(gp, ap, gxp, K, M, minplus, r0, r1);
+      checked(tropfx::dense_backward_input(gp, ap, gxp, K, M, minplus, r0, r1));
     });
+    checked.raise_if_bad(op, m.argmax, arg);  // the weight pass trusts the checked argmax
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     scalar_t* gbp = has_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, M, 16, [&](int64_t o0, int64_t o1) {
@@ -184,39 +198,19 @@ std::tuple<Tensor, Tensor> sparse_maxplus_cpu(const Tensor& x_, const Tensor& in
                                               const Tensor& value_, const std::optional<Tensor>& bias_,
                                               int64_t dim, bool minplus, bool with_argmax) {
   const char* op = "sparse_maxplus";
-  check_float(x_, op, "x");
-  check_same(x_, value_, op, "value");
-  TORCH_CHECK(x_.dim() >= 1, "tropfx::sparse_maxplus: x must have a feature dim");
-  dim = wrap_dim(dim, x_.dim(), op);
-  TORCH_CHECK(index_.device().is_cpu() && index_.scalar_type() == at::kLong && index_.dim() == 2 &&
-                  value_.sizes() == index_.sizes()
-                  && index_.size(1) >= 1,
-              "tropfx::sparse_maxplus: index must be int64 (out, k >= 1) and value of the same shape; "
-              "got index ", index_.scalar_type(), " ", index_.sizes(), " and value ", value_.sizes());
-  const int64_t out = index_.size(0), k = index_.size(1), in = x_.size(dim);
-  Tensor bias;
-  if (bias_.has_value()) {
-    bias = bias_->contiguous();
-    check_same(x_, bias, op, "bias");
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == out, "tropfx::sparse_maxplus: bias must be (",
-                out, "), got ", bias.sizes());
-  }
+  check_cpu(x_, op, "x");
+  check_cpu(index_, op, "index");
+  check_cpu(value_, op, "value");
+  if (bias_.has_value()) check_cpu(*bias_, op, "bias");
+  const auto bias_arg = opt_arg(bias_);
+  const ct::Sparse m = ct::sparse_maxplus(kCPU, arg(x_), arg(index_), arg(value_), ptr(bias_arg),
+                                          dim, with_argmax);
+  const int64_t out = m.out, k = m.k, in = m.in, outer = m.outer, inner = m.inner;
+  const Tensor bias = bias_.has_value() ? bias_->contiguous() : Tensor();
   const Tensor x = x_.contiguous(), index = index_.contiguous(), value = value_.contiguous();
-  {
-    const int64_t* ip = index.const_data_ptr<int64_t>();
-    for (int64_t i = 0; i < index.numel(); ++i)
-      TORCH_CHECK(ip[i] >= 0 && ip[i] < in, "tropfx::sparse_maxplus: index holds ", ip[i],
-                  ", outside [0, ", in, ")");
-    TORCH_CHECK(in < (int64_t(1) << 31) && k < (int64_t(1) << 31),
-                "tropfx::sparse_maxplus: sizes past 2^31 are not supported");
-  }
-  auto shape = x.sizes().vec();
-  shape[dim] = out;
-  Tensor y = output_empty(shape, x.options());
-  Tensor arg = output_empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= x.size(d);
-  for (int64_t d = dim + 1; d < x.dim(); ++d) inner *= x.size(d);
+  check_values<int64_t>(op, m.index, index);
+  Tensor y = output_empty(m.y, x.options());
+  Tensor arg = output_empty(m.argmax, x.options().dtype(at::kInt));
   if (y.numel() == 0) return {y, arg};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tropfx::sparse_maxplus", [&] {
     const tropfx::SparseArgs<scalar_t> a{x.const_data_ptr<scalar_t>(), index.const_data_ptr<int64_t>(),
@@ -254,26 +248,21 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
                                                                int64_t dim, bool has_bias,
                                                                bool minplus) {
   const char* op = "sparse_maxplus_backward";
-  check_float(grad_, op, "grad");
-  check_int32(arg_, op);
-  TORCH_CHECK(grad_.sizes() == arg_.sizes(), "tropfx::sparse_maxplus_backward: grad ", grad_.sizes(),
-              " and argmax ", arg_.sizes(), " differ; was the forward run with with_argmax=True?");
-  TORCH_CHECK(index_.scalar_type() == at::kLong && index_.dim() == 2,
-              "tropfx::sparse_maxplus_backward: index must be int64 (out, k)");
-  dim = wrap_dim(dim, grad_.dim(), op);
+  check_cpu(grad_, op, "grad");
+  check_cpu(arg_, op, "argmax");
+  check_cpu(index_, op, "index");
+  const ct::SparseBackward m = ct::sparse_maxplus_backward(kCPU, arg(grad_), arg(arg_), arg(index_),
+                                                           in, dim, has_bias);
+  const int64_t out = m.out, k = m.k, outer = m.outer, inner = m.inner;
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous(), index = index_.contiguous();
-  const int64_t out = index.size(0), k = index.size(1);
-  TORCH_CHECK(g.size(dim) == out, "tropfx::sparse_maxplus_backward: grad has ", g.size(dim),
-              " outputs along dim ", dim, ", index ", out);
-  auto shape = g.sizes().vec();
-  shape[dim] = in;
-  Tensor gx = output_zeros(shape, g.options());
-  Tensor gv = output_zeros({out, k}, g.options());
-  Tensor gb = output_zeros({has_bias ? out : 0}, g.options());
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= g.size(d);
-  for (int64_t d = dim + 1; d < g.dim(); ++d) inner *= g.size(d);
+  // the kernels read index[o, argmax] and write grad_x[.., index[o, argmax], ..]: index (a
+  // weight, small) is scanned here, argmax in the kernels' loops
+  check_values<int64_t>(op, m.index, index);
+  Tensor gx = output_zeros(m.gx, g.options());
+  Tensor gv = output_zeros(m.gv, g.options());
+  Tensor gb = output_zeros(m.gb, g.options());
   if (g.numel() == 0) return {gx, gv, gb};
+  ArgmaxCheck checked;
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::sparse_maxplus_backward", [&] {
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int32_t* ap = arg.const_data_ptr<int32_t>();
@@ -286,9 +275,11 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / blocks, s0 = (t % blocks) * per, s1 = std::min(inner, s0 + per);
         if (s0 < s1)
-          tropfx::sparse_backward_input(gp, ap, ip, gxp, in, inner, out, k, minplus, b, b + 1, s0, s1);
+          checked(tropfx::sparse_backward_input(gp, ap, ip, gxp, in, inner, out, k, minplus, b,
+                                                b + 1, s0, s1));
       }
     });
+    checked.raise_if_bad(op, m.argmax, arg);  // the value pass trusts the checked argmax
     scalar_t* gvp = gv.mutable_data_ptr<scalar_t>();
     scalar_t* gbp = has_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, out, 16, [&](int64_t o0, int64_t o1) {
@@ -301,42 +292,31 @@ std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_cpu(const Tensor& gra
 // ---------------------------------------------------------------------------------------------
 // Morphology
 
-template <typename T>
-tropfx::MorphArgs<T> morph_args(const Tensor& x, const Tensor& w, const Window& k, int64_t O,
-                                int64_t Ho, int64_t Wo, bool full, bool erode) {
-  return {nullptr, nullptr, nullptr, nullptr, x.size(0), x.size(1), x.size(2), x.size(3), O, Ho, Wo,
+template <typename T, typename Meta>
+tropfx::MorphArgs<T> morph_args(const Meta& m, bool erode) {
+  const ct::Window& k = m.k;
+  return {nullptr, nullptr, nullptr, nullptr, m.N, m.C, m.H, m.W, m.O, m.Ho, m.Wo,
           int(k.kh), int(k.kw), int(k.sh), int(k.sw), int(k.ph), int(k.pw), int(k.dh), int(k.dw),
-          full, erode};
+          m.full, erode};
 }
 
 std::tuple<Tensor, Tensor> morph_cpu(const char* op, const Tensor& x_, const Tensor& w_,
                                      at::IntArrayRef stride, at::IntArrayRef padding,
                                      at::IntArrayRef dilation, bool ceil_mode, bool with_argmax,
                                      bool erode) {
-  check_float(x_, op, "x");
-  check_same(x_, w_, op, "weight");
-  TORCH_CHECK(x_.dim() == 4, "tropfx::", op, ": x must be (N, C, H, W), got ", x_.sizes());
-  TORCH_CHECK(w_.dim() == 3 || w_.dim() == 4, "tropfx::", op,
-              ": weight must be (C, kh, kw) or (O, C, kh, kw), got ", w_.sizes());
-  const bool full = w_.dim() == 4;
-  TORCH_CHECK(w_.size(full ? 1 : 0) == x_.size(1), "tropfx::", op, ": x has ", x_.size(1),
-              " channels but weight is ", w_.sizes());
-  const Window k = window_of(op, w_.size(-2), w_.size(-1), stride, padding, dilation);
-  const int64_t Ho = pool_out(x_.size(2), k.kh, k.sh, k.ph, k.dh, ceil_mode);
-  const int64_t Wo = pool_out(x_.size(3), k.kw, k.sw, k.pw, k.dw, ceil_mode);
-  TORCH_CHECK(Ho >= 1 && Wo >= 1, "tropfx::", op, ": the kernel ", w_.sizes().slice(w_.dim() - 2),
-              " (dilation ", dilation, ") is larger than the padded input ", x_.sizes().slice(2));
-  TORCH_CHECK(w_.numel() > 0, "tropfx::", op, ": weight is empty");
-  TORCH_CHECK(w_.numel() / w_.size(0) < (int64_t(1) << 31), "tropfx::", op,
-              ": the window must fit the int32 argmax");
-  const int64_t O = full ? w_.size(0) : x_.size(1);
+  check_cpu(x_, op, "x");
+  check_cpu(w_, op, "weight");
+  const ct::Morph m = ct::morph(kCPU, op, arg(x_), arg(w_), stride, padding, dilation, ceil_mode,
+                                with_argmax);
+  const ct::Window& k = m.k;
+  const int64_t O = m.O, Ho = m.Ho;
+  const bool full = m.full;
   const Tensor x = x_.contiguous(), w = w_.contiguous();
-  const std::vector<int64_t> shape{x.size(0), O, Ho, Wo};
-  Tensor y = output_empty(shape, x.options());
-  Tensor arg = output_empty(with_argmax ? shape : std::vector<int64_t>{0}, x.options().dtype(at::kInt));
+  Tensor y = output_empty(m.y, x.options());
+  Tensor arg = output_empty(m.argmax, x.options().dtype(at::kInt));
   if (y.numel() == 0) return {y, arg};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "tropfx::morphology", [&] {
-    auto a = morph_args<scalar_t>(x, w, k, O, Ho, Wo, full, erode);
+    auto a = morph_args<scalar_t>(m, erode);
     a.x = x.const_data_ptr<scalar_t>();
     a.w = w.const_data_ptr<scalar_t>();
     a.y = y.mutable_data_ptr<scalar_t>();
@@ -385,43 +365,38 @@ std::tuple<Tensor, Tensor> morph_backward_cpu(const char* op, const Tensor& grad
                                               at::IntArrayRef input_size, at::IntArrayRef weight_size,
                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                               at::IntArrayRef dilation, bool erode) {
-  check_float(grad_, op, "grad");
-  check_int32(arg_, op);
-  TORCH_CHECK(grad_.dim() == 4 && grad_.sizes() == arg_.sizes(), "tropfx::", op, ": grad ",
-              grad_.sizes(), " and argmax ", arg_.sizes(),
-              " must be the same (N, O, Ho, Wo); was the forward run with with_argmax=True?");
-  TORCH_CHECK(input_size.size() == 4 && (weight_size.size() == 3 || weight_size.size() == 4),
-              "tropfx::", op, ": input_size must be (N, C, H, W) and weight_size (C, kh, kw) or "
-              "(O, C, kh, kw)");
-  const bool full = weight_size.size() == 4;
-  const Window k = window_of(op, weight_size[weight_size.size() - 2], weight_size.back(), stride,
-                             padding, dilation);
+  check_cpu(grad_, op, "grad");
+  check_cpu(arg_, op, "argmax");
+  const ct::MorphBackward m = ct::morph_backward(kCPU, op, arg(grad_), arg(arg_), input_size,
+                                                 weight_size, stride, padding, dilation);
   const Tensor g = grad_.contiguous(), arg = arg_.contiguous();
-  Tensor gx = output_zeros(input_size, g.options());
-  Tensor gw = output_zeros(weight_size, g.options());
-  const int64_t O = g.size(1), Ho = g.size(2), Wo = g.size(3);
-  TORCH_CHECK(O == (full ? weight_size[0] : input_size[1]) && g.size(0) == input_size[0], "tropfx::",
-              op, ": grad ", g.sizes(), " does not fit input ", input_size, " and weight ", weight_size);
+  Tensor gx = output_zeros(m.gx, g.options());
+  Tensor gw = output_zeros(m.gw, g.options());
+  const int64_t O = m.O;
+  const bool full = m.full;
   if (g.numel() == 0) return {gx, gw};
+  ArgmaxCheck checked;  // the kernels write grad_weight[.., argmax]
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tropfx::morphology_backward", [&] {
-    auto a = morph_args<scalar_t>(gx, gw, k, O, Ho, Wo, full, erode);
+    auto a = morph_args<scalar_t>(m, erode);
     a.arg = const_cast<int32_t*>(arg.const_data_ptr<int32_t>());
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     if (!full) {
       at::parallel_for(0, a.C, 1, [&](int64_t c0, int64_t c1) {
-        tropfx::morph_backward_channels(a, gp, gxp, gwp, c0, c1);
+        checked(tropfx::morph_backward_channels(a, gp, gxp, gwp, c0, c1));
       });
     } else {
       at::parallel_for(0, a.N, 1, [&](int64_t n0, int64_t n1) {
-        tropfx::morph_backward_full_input(a, gp, gxp, n0, n1);
+        checked(tropfx::morph_backward_full_input(a, gp, gxp, n0, n1));
       });
+      checked.raise_if_bad(op, m.argmax, arg);  // the weight pass trusts the checked argmax
       at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
         tropfx::morph_backward_full_weight(a, gp, gwp, o0, o1);
       });
     }
   });
+  checked.raise_if_bad(op, m.argmax, arg);
   return {gx, gw};
 }
 
@@ -445,12 +420,12 @@ std::tuple<Tensor, Tensor> erosion2d_backward_cpu(const Tensor& grad, const Tens
 // Bit-packed boolean operators
 
 Tensor pack_bits_cpu(const Tensor& x_) {
-  TORCH_CHECK(x_.device().is_cpu() && x_.dim() == 4, "tropfx::pack_bits: x must be a (N, C, H, W) "
-              "CPU tensor, got ", x_.sizes());
+  check_cpu(x_, "pack_bits", "x");
+  const ct::Sizes shape = ct::pack_bits(arg(x_));
   const bool half = x_.scalar_type() == at::kHalf || x_.scalar_type() == at::kBFloat16;
   const Tensor x = (half ? x_.to(at::kFloat) : x_).contiguous();  // nonzero is kept
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  Tensor out = output_empty({N, H, W, ceil_div(C, 64)}, x.options().dtype(at::kUInt64));
+  Tensor out = output_empty(shape, x.options().dtype(at::kUInt64));
   if (out.numel() == 0) return out;
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, x.scalar_type(), "tropfx::pack_bits", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -463,14 +438,13 @@ Tensor pack_bits_cpu(const Tensor& x_) {
 }
 
 Tensor unpack_bits_cpu(const Tensor& packed_, int64_t C, std::optional<at::ScalarType> dtype) {
-  check_bits(packed_, "unpack_bits", "packed", 4);
+  check_cpu(packed_, "unpack_bits", "packed");
+  const ct::Sizes shape = ct::unpack_bits(arg(packed_), C, dtype);
   const Tensor packed = packed_.contiguous();
   const int64_t N = packed.size(0), H = packed.size(1), W = packed.size(2), Cw = packed.size(3);
-  TORCH_CHECK(C >= 0 && ceil_div(C, 64) == Cw, "tropfx::unpack_bits: ", C, " channels do not fit ",
-              Cw, " words per pixel");
   const at::ScalarType want = dtype.value_or(at::kFloat);
   const bool half = want == at::kHalf || want == at::kBFloat16;
-  Tensor out = output_empty({N, C, H, W}, packed.options().dtype(half ? at::kFloat : want));
+  Tensor out = output_empty(shape, packed.options().dtype(half ? at::kFloat : want));
   if (out.numel() == 0) return half ? out.to(want) : out;
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, out.scalar_type(), "tropfx::unpack_bits", [&] {
     const uint64_t* pp = packed.const_data_ptr<uint64_t>();
@@ -482,14 +456,9 @@ Tensor unpack_bits_cpu(const Tensor& packed_, int64_t C, std::optional<at::Scala
   return half ? out.to(want) : out;
 }
 
-tropfx::BitGeometry bit_geometry(const char* op, const Tensor& x, int64_t kh, int64_t kw,
-                                 at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation) {
-  const Window k = window_of(op, kh, kw, stride, padding, dilation);
-  TORCH_CHECK(x.size(1) + 2 * k.ph >= k.dh * (k.kh - 1) + 1 &&
-                  x.size(2) + 2 * k.pw >= k.dw * (k.kw - 1) + 1,
-              "tropfx::", op, ": the kernel is larger than the padded input");
-  tropfx::BitGeometry g{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0, int(k.kh), int(k.kw),
+tropfx::BitGeometry bit_geometry(const ct::Bits& b) {
+  const ct::Window& k = b.k;
+  tropfx::BitGeometry g{b.N, b.H, b.W, b.Cw, 0, 0, int(k.kh), int(k.kw),
                         int(k.sh), int(k.sw), int(k.ph), int(k.pw), int(k.dh), int(k.dw), 0, 0};
   g.finish();
   return g;
@@ -750,26 +719,17 @@ bool bool_conv2d_sliced(const Tensor& x, const Tensor& pos, const Tensor& neg, c
 Tensor bool_conv2d_cpu(const Tensor& x_, const Tensor& pos_, const Tensor& neg_, const Tensor& threshold_,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   const char* op = "bool_conv2d";
-  check_bits(x_, op, "x", 4);
-  check_bits(pos_, op, "weight_pos", 5);
-  check_bits(neg_, op, "weight_neg", 5);
-  const int64_t O = pos_.size(0), kh = pos_.size(1), kw = pos_.size(2), Pp = pos_.size(3);
-  const int64_t Pn = neg_.size(3), Cw = x_.size(3);
-  TORCH_CHECK(pos_.size(4) == Cw && neg_.size(0) == O && neg_.size(1) == kh && neg_.size(2) == kw &&
-                  neg_.size(4) == Cw,
-              "tropfx::bool_conv2d: weight planes ", pos_.sizes(), " and ", neg_.sizes(),
-              " must be (O, kh, kw, planes, Cw) with the Cw = ", Cw, " of x");
-  TORCH_CHECK(Pp + Pn <= 62, "tropfx::bool_conv2d: too many weight planes");
-  TORCH_CHECK(threshold_.device().is_cpu() && !at::isFloatingType(threshold_.scalar_type()) &&
-                  threshold_.dim() == 1 &&
-                  threshold_.size(0) == O,
-              "tropfx::bool_conv2d: threshold must be an integer tensor (", O, "), got ",
-              threshold_.scalar_type(), " ", threshold_.sizes());
+  check_cpu(x_, op, "x");
+  check_cpu(pos_, op, "weight_pos");
+  check_cpu(neg_, op, "weight_neg");
+  check_cpu(threshold_, op, "threshold");
+  const ct::BoolConv m = ct::bool_conv2d(arg(x_), arg(pos_), arg(neg_), arg(threshold_), stride,
+                                         padding, dilation);
+  const int64_t O = m.O, kh = m.g.k.kh, kw = m.g.k.kw, Pp = m.Pp, Pn = m.Pn, Cw = m.g.Cw;
   const Tensor x = x_.contiguous(), pos = pos_.contiguous(), neg = neg_.contiguous();
   const Tensor threshold = threshold_.to(at::kLong).contiguous();
-  const auto g = bit_geometry(op, x, kh, kw, stride, padding, dilation);
-  const int64_t Ow = ceil_div(O, 64);
-  Tensor out = output_empty({g.N, g.Ho, g.Wo, Ow}, x.options());
+  const auto g = bit_geometry(m.g);
+  Tensor out = output_empty(m.g.out, x.options());
   if (out.numel() == 0) return out;
   if (bool_conv2d_sliced(x, pos, neg, threshold, g, out)) return out;  // writes every word
   out.zero_();
@@ -803,15 +763,13 @@ Tensor bool_conv2d_cpu(const Tensor& x_, const Tensor& pos_, const Tensor& neg_,
 
 Tensor bit_morph_cpu(const char* op, const Tensor& x_, const Tensor& se_, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation, bool erode) {
-  check_bits(x_, op, "x", 4);
-  TORCH_CHECK(se_.device().is_cpu() && se_.scalar_type() == at::kBool && se_.dim() == 3, "tropfx::",
-              op, ": se must be a bool (C, kh, kw) CPU tensor, got ", se_.scalar_type(), " ", se_.sizes());
-  const int64_t C = se_.size(0), K = se_.size(1) * se_.size(2), Cw = x_.size(3);
-  TORCH_CHECK(ceil_div(C, 64) == Cw, "tropfx::", op, ": se has ", C, " channels, x ", Cw,
-              " words per pixel");
+  check_cpu(x_, op, "x");
+  check_cpu(se_, op, "se");
+  const ct::Bits b = ct::bit_morph(op, arg(x_), arg(se_), stride, padding, dilation);
+  const int64_t C = se_.size(0), K = se_.size(1) * se_.size(2), Cw = b.Cw;
   const Tensor x = x_.contiguous(), se = se_.contiguous();
-  const auto g = bit_geometry(op, x, se.size(1), se.size(2), stride, padding, dilation);
-  Tensor out = output_empty({g.N, g.Ho, g.Wo, Cw}, x.options());
+  const auto g = bit_geometry(b);
+  Tensor out = output_empty(b.out, x.options());
   if (out.numel() == 0) return out;
   std::vector<uint64_t> masks(K * Cw, 0);
   const bool* sp = se.const_data_ptr<bool>();
@@ -837,58 +795,122 @@ Tensor binary_erosion2d_cpu(const Tensor& x, const Tensor& se, at::IntArrayRef s
   return bit_morph_cpu("binary_erosion2d", x, se, stride, padding, dilation, true);
 }
 
+// The build's floating-point state (ranges.h, fp_state): read back by tropfx.kernels.build_info().
+std::vector<int64_t> fp_state_op() {
+  int64_t s[4];
+  tropfx::fp_state(s);
+  return {s[0], s[1], s[2], s[3]};
+}
+
 // The output cache's limit (bytes; negative: unchanged) and emptying; returns its stats.
 std::vector<int64_t> output_cache_op(int64_t limit, bool clear) {
   const OutputCache::Stats s = OutputCache::get().configure(limit, clear);
   return {s.limit, s.cached, s.blocks, s.hits, s.misses};
 }
 
+// ---------------------------------------------------------------------------------------------
+// The contract's meta functions as operators (namespace tropfx_contract, Meta tensors in and out):
+// what the bindings check and allocate, exposed so that a test compares it with the Python fakes
+// (kernels/ops.py) on every operator. The CPU backend's contract (float32 and float64).
+
+Tensor empty_like_meta(const ct::Sizes& sizes, const Tensor& like, at::ScalarType dtype) {
+  return at::empty(sizes, like.options().dtype(dtype));
+}
+
+std::tuple<Tensor, Tensor> maxplus_meta(const Tensor& x, const Tensor& w,
+                                        const std::optional<Tensor>& bias, bool, bool with_argmax) {
+  const auto b = opt_arg(bias);
+  const ct::Dense m = ct::maxplus(kCPU, arg(x), arg(w), ptr(b), with_argmax);
+  return {empty_like_meta(m.y, x, x.scalar_type()), empty_like_meta(m.argmax, x, at::kInt)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> maxplus_backward_meta(const Tensor& grad, const Tensor& argmax,
+                                                         int64_t K, bool has_bias, bool) {
+  const ct::DenseBackward m = ct::maxplus_backward(kCPU, arg(grad), arg(argmax), K, has_bias);
+  const at::ScalarType t = grad.scalar_type();
+  return {empty_like_meta(m.gx, grad, t), empty_like_meta(m.gw, grad, t),
+          empty_like_meta(m.gb, grad, t)};
+}
+
+std::tuple<Tensor, Tensor> sparse_maxplus_meta(const Tensor& x, const Tensor& index,
+                                               const Tensor& value, const std::optional<Tensor>& bias,
+                                               int64_t dim, bool, bool with_argmax) {
+  const auto b = opt_arg(bias);
+  const ct::Sparse m = ct::sparse_maxplus(kCPU, arg(x), arg(index), arg(value), ptr(b), dim,
+                                          with_argmax);
+  return {empty_like_meta(m.y, x, x.scalar_type()), empty_like_meta(m.argmax, x, at::kInt)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> sparse_maxplus_backward_meta(const Tensor& grad,
+                                                                const Tensor& argmax,
+                                                                const Tensor& index, int64_t in,
+                                                                int64_t dim, bool has_bias, bool) {
+  const ct::SparseBackward m = ct::sparse_maxplus_backward(kCPU, arg(grad), arg(argmax), arg(index),
+                                                           in, dim, has_bias);
+  const at::ScalarType t = grad.scalar_type();
+  return {empty_like_meta(m.gx, grad, t), empty_like_meta(m.gv, grad, t),
+          empty_like_meta(m.gb, grad, t)};
+}
+
+template <bool kErode>
+std::tuple<Tensor, Tensor> morph_meta(const Tensor& x, const Tensor& w, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                      bool ceil_mode, bool with_argmax) {
+  const ct::Morph m = ct::morph(kCPU, kErode ? "erosion2d" : "dilation2d", arg(x), arg(w), stride,
+                                padding, dilation, ceil_mode, with_argmax);
+  return {empty_like_meta(m.y, x, x.scalar_type()), empty_like_meta(m.argmax, x, at::kInt)};
+}
+
+template <bool kErode>
+std::tuple<Tensor, Tensor> morph_backward_meta(const Tensor& grad, const Tensor& argmax,
+                                               at::IntArrayRef input_size,
+                                               at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ct::MorphBackward m =
+      ct::morph_backward(kCPU, kErode ? "erosion2d_backward" : "dilation2d_backward", arg(grad),
+                         arg(argmax), input_size, weight_size, stride, padding, dilation);
+  return {empty_like_meta(m.gx, grad, grad.scalar_type()),
+          empty_like_meta(m.gw, grad, grad.scalar_type())};
+}
+
+Tensor pack_bits_meta(const Tensor& x) {
+  return empty_like_meta(ct::pack_bits(arg(x)), x, at::kUInt64);
+}
+
+Tensor unpack_bits_meta(const Tensor& packed, int64_t C, std::optional<at::ScalarType> dtype) {
+  return empty_like_meta(ct::unpack_bits(arg(packed), C, dtype), packed,
+                         dtype.value_or(at::kFloat));
+}
+
+Tensor bool_conv2d_meta(const Tensor& x, const Tensor& pos, const Tensor& neg,
+                        const Tensor& threshold, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation) {
+  const ct::BoolConv m = ct::bool_conv2d(arg(x), arg(pos), arg(neg), arg(threshold), stride,
+                                         padding, dilation);
+  return empty_like_meta(m.g.out, x, at::kUInt64);
+}
+
+template <bool kErode>
+Tensor bit_morph_meta(const Tensor& x, const Tensor& se, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ct::Bits b = ct::bit_morph(kErode ? "binary_erosion2d" : "binary_dilation2d", arg(x),
+                                   arg(se), stride, padding, dilation);
+  return empty_like_meta(b.out, x, at::kUInt64);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tropfx, m) {
-  // Max-plus product along the last dim: y[..., o] = max(max_k x[..., k] + weight[o, k], bias[o]);
-  // min-plus (minplus=True) = -maxplus(-x, -weight, -bias). argmax (int32): the first maximal k,
-  // -1 where the bias wins; empty when with_argmax is False.
-  m.def("maxplus(Tensor x, Tensor weight, Tensor? bias, bool minplus=False, bool with_argmax=True)"
-        " -> (Tensor, Tensor)");
-  m.def("maxplus_backward(Tensor grad, Tensor argmax, SymInt in_features, bool has_bias,"
-        " bool minplus) -> (Tensor, Tensor, Tensor)");
-  // Sparse max-plus along dim: y[.., o, ..] = max(bias[o], max_j x[.., index[o, j], ..] + value[o, j]);
-  // argmax: j, or -1 where the bias wins.
-  m.def("sparse_maxplus(Tensor x, Tensor index, Tensor value, Tensor? bias, int dim=-1,"
-        " bool minplus=False, bool with_argmax=True) -> (Tensor, Tensor)");
-  m.def("sparse_maxplus_backward(Tensor grad, Tensor argmax, Tensor index, SymInt in_features,"
-        " int dim, bool has_bias, bool minplus) -> (Tensor, Tensor, Tensor)");
-  // Morphological dilation / erosion of (N, C, H, W) by a (C, kh, kw) or (O, C, kh, kw) SE, windows
-  // as in max_pool2d; argmax: the window position (c * kh + ki) * kw + kj.
-  m.def("dilation2d(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation,"
-        " bool ceil_mode=False, bool with_argmax=True) -> (Tensor, Tensor)");
-  m.def("erosion2d(Tensor x, Tensor weight, int[2] stride, int[2] padding, int[2] dilation,"
-        " bool ceil_mode=False, bool with_argmax=True) -> (Tensor, Tensor)");
-  m.def("dilation2d_backward(Tensor grad, Tensor argmax, SymInt[] input_size, SymInt[] weight_size,"
-        " int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
-  m.def("erosion2d_backward(Tensor grad, Tensor argmax, SymInt[] input_size, SymInt[] weight_size,"
-        " int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
-  // Bit packing: (N, C, H, W), nonzero = 1 -> (N, H, W, ceil(C / 64)) uint64, channel c at bit
-  // c % 64 of word c / 64; and back.
-  m.def("pack_bits(Tensor x) -> Tensor");
-  m.def("unpack_bits(Tensor packed, SymInt channels, ScalarType? dtype=None) -> Tensor");
-  // y = 1[conv2d(x, W) >= threshold], W = sum_b 2^b weight_pos[..., b, :] - sum_b 2^b weight_neg[..., b, :]
-  // (bit planes (O, kh, kw, planes, Cw)); zero padding; packed in, packed out.
-  m.def("bool_conv2d(Tensor x, Tensor weight_pos, Tensor weight_neg, Tensor threshold, int[2] stride,"
-        " int[2] padding, int[2] dilation) -> Tensor");
-  // Binary dilation (OR, padding 0) / erosion (AND, padding 1) by a per-channel bool SE (C, kh, kw).
-  m.def("binary_dilation2d(Tensor x, Tensor se, int[2] stride, int[2] padding, int[2] dilation)"
-        " -> Tensor");
-  m.def("binary_erosion2d(Tensor x, Tensor se, int[2] stride, int[2] padding, int[2] dilation)"
-        " -> Tensor");
+  for (const char* schema : tropfx::kSchemas) m.def(schema);  // schemas.h
 }
 
 // The cache of output buffers (output_cache.h): set its limit in bytes (-1: unchanged), empty it;
 // returns [limit, cached bytes, cached blocks, hits, misses]. No tensors, so one kernel for every
-// backend; apart from the operators' schemas above (which the CUDA emulation copies).
+// backend; not one of the operators of schemas.h (which the CUDA emulation registers too).
 TORCH_LIBRARY_FRAGMENT(tropfx, m) {
   m.def("_output_cache(int limit=-1, bool clear=False) -> int[]", &output_cache_op);
+  // [fast-math, finite-math-only, flush-to-zero, denormals-are-zero] of the kernels' build
+  m.def("_fp_state() -> int[]", &fp_state_op);
 }
 
 TORCH_LIBRARY_IMPL(tropfx, CPU, m) {
@@ -905,4 +927,24 @@ TORCH_LIBRARY_IMPL(tropfx, CPU, m) {
   m.impl("bool_conv2d", &bool_conv2d_cpu);
   m.impl("binary_dilation2d", &binary_dilation2d_cpu);
   m.impl("binary_erosion2d", &binary_erosion2d_cpu);
+}
+
+TORCH_LIBRARY(tropfx_contract, m) {
+  for (const char* schema : tropfx::kSchemas) m.def(schema);
+}
+
+TORCH_LIBRARY_IMPL(tropfx_contract, Meta, m) {
+  m.impl("maxplus", &maxplus_meta);
+  m.impl("maxplus_backward", &maxplus_backward_meta);
+  m.impl("sparse_maxplus", &sparse_maxplus_meta);
+  m.impl("sparse_maxplus_backward", &sparse_maxplus_backward_meta);
+  m.impl("dilation2d", &morph_meta<false>);
+  m.impl("erosion2d", &morph_meta<true>);
+  m.impl("dilation2d_backward", &morph_backward_meta<false>);
+  m.impl("erosion2d_backward", &morph_backward_meta<true>);
+  m.impl("pack_bits", &pack_bits_meta);
+  m.impl("unpack_bits", &unpack_bits_meta);
+  m.impl("bool_conv2d", &bool_conv2d_meta);
+  m.impl("binary_dilation2d", &bit_morph_meta<false>);
+  m.impl("binary_erosion2d", &bit_morph_meta<true>);
 }
