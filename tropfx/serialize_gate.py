@@ -234,6 +234,7 @@ class _Tables:
     modules: dict[str, ModuleEntry]  # qualified class name -> entry
     module_names: dict[type, ModuleEntry]
     never: frozenset  # ids of functions register_serializable refuses
+    never_names: frozenset = frozenset()  # and their names
 
 
 def home(fn: Any) -> str:
@@ -278,6 +279,7 @@ def tables() -> _Tables:
     t.never = frozenset(id(getattr(importlib.import_module(space), a)) for space, spec in
                         _NEVER.items() for a in _names(spec)
                         if hasattr(importlib.import_module(space), a))
+    t.never_names = frozenset(a for spec in _NEVER.values() for a in _names(spec))
     return t
 
 
@@ -315,7 +317,10 @@ def register(obj: Any, name: str | None, config: ConfigFn | None, build: BuildFn
     if config is not None or build is not None:
         raise SerializationError(f"register_serializable({key}): config= and build= are for "
                                  "nn.Module classes; a function needs neither")
-    if id(obj) in t.never or isinstance(obj, type):
+    denied = id(obj) in t.never or (  # by name too: tools (Hypothesis) wrap torch.manual_seed
+        getattr(obj, "__name__", None) in t.never_names
+        and home(obj).partition(".")[0] in ("torch", "operator", "builtins"))
+    if denied or isinstance(obj, type):
         raise SerializationError(f"register_serializable({key}): {key} does I/O, changes process "
                                  "state or builds objects; a saved graph may never call it")
     _add_function(t, key, obj, prefer=True)
