@@ -5,8 +5,10 @@ each model is compiled with ``fuse_batchnorm``, ``relu_to_maxplus`` and ``maxpoo
 to memory, loaded, and the outputs compared bit for bit. The outcome per model is one of
 
 * ``ok``: saved, loaded, outputs bitwise equal;
-* ``refused at save``: ``tropfx.save`` raised ``SerializationError`` (its message must name the
-  function or class to register; the script checks that it says ``register_serializable``);
+* ``ok after register_serializable(fn)``: ``tropfx.save`` refused, naming a function of the
+  model's library to register (e.g. ``torchvision.ops.stochastic_depth``); the script registers it,
+  as a user would, and the model then round-trips bitwise;
+* ``refused at save``: refused again after that registration;
 * ``FAILED ...``: anything else (saved but refused at load, outputs differ, another exception).
   The script exits 1 if any model fails.
 
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import io
+import re
 import sys
 import time
 
@@ -33,6 +37,7 @@ from torch import fx
 
 import tropfx
 from tropfx import passes as tp
+from tropfx import serialize_gate as gate
 from tropfx.serialize import SerializationError
 
 # name -> (library, factory kwargs, input side)
@@ -71,6 +76,18 @@ def zoo(models: list[str] | None):
                 n, pretrained=False, **k), 96
 
 
+def _named_function(message: str):
+    """The function a refusal says to register (``register_serializable(pkg.mod.fn)``), imported."""
+    found = re.search(r"register_serializable\(([\w.]+)\)", message)
+    if found is None:
+        return None
+    module, _, attr = found.group(1).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
 def inventory(gm: fx.GraphModule, seen: collections.Counter) -> None:
     for node in gm.graph.nodes:
         if node.op == "call_function":
@@ -104,13 +121,25 @@ def main() -> int:
             continue
         if args.inventory:
             inventory(cm, seen)
-        buf = io.BytesIO()
-        try:
-            tropfx.save(cm, buf)
-        except SerializationError as exc:
-            ok = "register_serializable" in str(exc)
-            failed += not ok
-            rows.append((name, f"refused at save{'' if ok else ' WITHOUT a hint'}: {exc}"))
+        buf, registered, refusal = io.BytesIO(), [], None
+        for _ in range(5):  # each refusal names one function to register: do it, as a user would
+            try:
+                tropfx.save(cm, buf)
+                refusal = None
+                break
+            except SerializationError as exc:
+                refusal, fn = exc, _named_function(str(exc))
+                if fn is None:
+                    break
+                tropfx.register_serializable(fn)
+                registered.append(gate.qualified(fn))
+                buf = io.BytesIO()
+        after = f" after register_serializable({', '.join(registered)})" if registered else ""
+        if refusal is not None:
+            hint = "register_serializable" in str(refusal)
+            failed += not hint
+            rows.append((name, f"refused at save{after}{'' if hint else ' WITHOUT a hint'}: "
+                               f"{refusal}"))
             continue
         size = buf.tell()
         buf.seek(0)
@@ -124,7 +153,7 @@ def main() -> int:
             rows.append((name, f"FAILED: saved, then load/call raised {type(exc).__name__}: {exc}"))
             continue
         failed += not same
-        outcome = "ok (bitwise equal)" if same else "FAILED: outputs differ"
+        outcome = f"ok (bitwise equal){after}" if same else "FAILED: outputs differ"
         rows.append((name, f"{outcome}; {size / 2**20:.1f} MiB, input {tuple(x.shape)}, "
                            f"{time.perf_counter() - start:.1f} s"))
         print(f"{name:36s} {rows[-1][1]}", flush=True)

@@ -625,13 +625,19 @@ def expanded(t: torch.Tensor) -> bool:
     return t.numel() * t.element_size() > t.untyped_storage().nbytes()
 
 
+_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"')
+
+
 def check_depth(text: str, name: str) -> None:
-    """JSON nested at most MAX_DEPTH deep, counted on the text (vectorized) before parsing."""
-    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)  # brackets inside strings do not count
-    codes = np.frombuffer(stripped.encode("utf-8", "replace"), dtype=np.uint8)
-    step = (np.isin(codes, (ord("["), ord("{"))).astype(np.int64)
-            - np.isin(codes, (ord("]"), ord("}"))))
-    depth = int(np.cumsum(step).max(initial=0))
+    """JSON nested at most MAX_DEPTH deep, counted on the text before parsing (no RecursionError):
+    escaped backslashes and quotes go first, then only brackets and quotes are kept, and the
+    brackets outside strings (an even number of quotes before them) are summed up."""
+    data = text.encode("utf-8", "replace").replace(b"\\\\", b"").replace(b'\\"', b"")
+    codes = np.frombuffer(data.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
+    outside = np.cumsum(codes == ord('"'), dtype=np.int64) % 2 == 0
+    step = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int64) - \
+        ((codes == ord("]")) | (codes == ord("}")))
+    depth = int(np.cumsum(step * outside).max(initial=0))
     if depth > MAX_DEPTH:
         raise SerializationError(f"{name}: its recipe is nested {depth} deep, more than "
                                  f"{MAX_DEPTH}")
