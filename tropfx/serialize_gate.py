@@ -233,8 +233,6 @@ class _Tables:
     function_names: dict[Any, str]  # function -> the name it is saved under
     modules: dict[str, ModuleEntry]  # qualified class name -> entry
     module_names: dict[type, ModuleEntry]
-    never: frozenset  # ids of functions register_serializable refuses
-    never_names: frozenset = frozenset()  # and their names
 
 
 def home(fn: Any) -> str:
@@ -251,10 +249,23 @@ def _names(spec: str) -> list[str]:
     return spec.split()
 
 
-@functools.cache
+_BUILT: list[_Tables] = []
+_PENDING: list[tuple] = []  # registrations made before the tables were built
+
+
 def tables() -> _Tables:
-    """Built on first use (tropfx.nn imports this module)."""
-    t = _Tables({}, {}, {}, {}, frozenset())
+    """The tables, built on first use: tropfx.nn registers its layers while it is being imported,
+    so building them then would import tropfx.nn half-way."""
+    if not _BUILT:
+        _BUILT.append(_build_tables())
+        for args in _PENDING:
+            _apply(_BUILT[0], *args)
+        _PENDING.clear()
+    return _BUILT[0]
+
+
+def _build_tables() -> _Tables:
+    t = _Tables({}, {}, {}, {})
     spaces = [("torch", _TORCH), ("torch.nn.functional", _FUNCTIONAL), ("torch._C._nn", _C_NN),
               ("torch.linalg", _LINALG), ("operator", _OPERATOR), ("math", _MATH),
               ("builtins", _BUILTINS), *_PRIVATE.items(), *_TROPFX.items()]
@@ -276,11 +287,16 @@ def tables() -> _Tables:
         for cls_name in _names(spec):
             cls = getattr(module, cls_name)
             _add_module(t, ModuleEntry(cls, "", None, cls))
-    t.never = frozenset(id(getattr(importlib.import_module(space), a)) for space, spec in
-                        _NEVER.items() for a in _names(spec)
-                        if hasattr(importlib.import_module(space), a))
-    t.never_names = frozenset(a for spec in _NEVER.values() for a in _names(spec))
     return t
+
+
+@functools.cache
+def _never() -> tuple[frozenset, frozenset]:
+    """Ids and names of the functions register_serializable refuses."""
+    ids = frozenset(id(getattr(importlib.import_module(space), a)) for space, spec in
+                    _NEVER.items() for a in _names(spec)
+                    if hasattr(importlib.import_module(space), a))
+    return ids, frozenset(a for spec in _NEVER.values() for a in _names(spec))
 
 
 def _defined_as(name: str, fn: Any) -> bool:
@@ -305,25 +321,37 @@ def _add_module(t: _Tables, entry: ModuleEntry) -> None:
 
 
 def register(obj: Any, name: str | None, config: ConfigFn | None, build: BuildFn | None) -> None:
-    """The table side of :func:`tropfx.register_serializable`."""
-    t = tables()
+    """The table side of :func:`tropfx.register_serializable`: checked now, applied when the
+    tables exist."""
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        key = name or f"{home(obj)}:{getattr(obj, '__qualname__', '?')}"
+        if not callable(obj):
+            raise SerializationError(f"register_serializable expects an nn.Module class or a "
+                                     f"function, got {type(obj).__name__}")
+        if config is not None or build is not None:
+            raise SerializationError(f"register_serializable({key}): config= and build= are for "
+                                     "nn.Module classes; a function needs neither")
+        ids, names = _never()
+        denied = id(obj) in ids or (  # by name too: tools (Hypothesis) wrap torch.manual_seed
+            getattr(obj, "__name__", None) in names
+            and home(obj).partition(".")[0] in ("torch", "operator", "builtins"))
+        if denied or isinstance(obj, type):
+            raise SerializationError(f"register_serializable({key}): {key} does I/O, changes "
+                                     "process state or builds objects; a saved graph may never "
+                                     "call it")
+    if _BUILT:
+        _apply(_BUILT[0], obj, name, config, build)
+    else:
+        _PENDING.append((obj, name, config, build))
+
+
+def _apply(t: _Tables, obj: Any, name: str | None, config: ConfigFn | None,
+           build: BuildFn | None) -> None:
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         _add_module(t, ModuleEntry(obj, name or "", config, build or obj))
-        return
-    key = name or f"{home(obj)}:{getattr(obj, '__qualname__', '?')}"
-    if not callable(obj):
-        raise SerializationError(f"register_serializable expects an nn.Module class or a "
-                                 f"function, got {type(obj).__name__}")
-    if config is not None or build is not None:
-        raise SerializationError(f"register_serializable({key}): config= and build= are for "
-                                 "nn.Module classes; a function needs neither")
-    denied = id(obj) in t.never or (  # by name too: tools (Hypothesis) wrap torch.manual_seed
-        getattr(obj, "__name__", None) in t.never_names
-        and home(obj).partition(".")[0] in ("torch", "operator", "builtins"))
-    if denied or isinstance(obj, type):
-        raise SerializationError(f"register_serializable({key}): {key} does I/O, changes process "
-                                 "state or builds objects; a saved graph may never call it")
-    _add_function(t, key, obj, prefer=True)
+    else:
+        _add_function(t, name or f"{home(obj)}:{getattr(obj, '__qualname__', '?')}", obj,
+                      prefer=True)
 
 
 def function_name(fn: Any) -> str | None:
