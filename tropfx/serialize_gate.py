@@ -7,9 +7,10 @@ next one runs (STYLE.md point 10, "readers are gates"):
    may expand to at most ``max_bytes`` (default :data:`BYTES_PER_FILE_BYTE` x the file's size), and
    the pickle record's CRC must match (a flipped bit in the recipe is refused, not decoded);
 2. ``torch.load(weights_only=True)`` of plain data, then :func:`check_blob`: exactly the keys
-   ``tropfx.save`` writes, tensors that are plain dense tensors of the shapes and dtypes the
-   recipe declares (format 2), within ``max_bytes`` in total;
-3. :func:`parse_recipe`: JSON nested at most :data:`MAX_DEPTH` deep;
+   ``tropfx.save`` writes, and plain dense tensors;
+3. :func:`parse_recipe`: JSON nested at most :data:`MAX_DEPTH` deep; :func:`check_tensors`: the
+   tensors have the shapes and dtypes the recipe declares (format 2), none describing more
+   elements than its record holds;
 4. while building: every name resolved through the tables below (:func:`resolve_function`,
    :func:`check_method`, :func:`module_entry`) and every string that torch.fx pastes into the
    generated ``forward`` (node names, placeholder targets, attribute paths, method names, kwargs
