@@ -243,7 +243,7 @@ class _Decoder:
                 return torch.device(v)
             except (RuntimeError, ValueError) as exc:
                 raise SerializationError(f"{self.where}: bogus device {v!r:.80}") from exc
-        if kind == "tensor_meta" and self.meta:
+        if kind == "tensor_meta" and self.meta and len(v) == len(TensorMetadata._fields):
             return TensorMetadata(*(self(x) for x in v))
         raise self.error(value)
 
@@ -432,8 +432,8 @@ def _graph_recipe(gm: fx.GraphModule, path: str) -> list[dict[str, Any]]:
         elif node.type in _TYPE_NAMES:
             entry["type_class"] = _TYPE_NAMES[node.type]
         meta = {}
-        for key in _META_KEYS:  # best effort: facts for later passes
-            if key in node.meta:
+        for key in _META_KEYS:  # best effort: facts for later passes, of the shapes load accepts
+            if key in node.meta and _facts_ok({key: node.meta[key]}):
                 with contextlib.suppress(SerializationError):
                     meta[key] = _encode(node.meta[key], where)
         if meta:
@@ -559,6 +559,26 @@ class _Loader:
             raise SerializationError(f"{where}: {exc}") from exc
 
 
+def _facts_ok(facts: dict[str, Any]) -> bool:
+    """Node facts of the shapes later passes and `tropfx summary` read."""
+    def shapes_ok(meta: Any) -> bool:  # one tensor's metadata, or a container of them
+        if isinstance(meta, TensorMetadata):
+            return isinstance(meta.shape, tuple) and isinstance(meta.dtype, torch.dtype) and \
+                all(type(d) is int for d in meta.shape)
+        if isinstance(meta, (tuple, list)):
+            return all(shapes_ok(m) for m in meta)
+        if isinstance(meta, dict):
+            return all(shapes_ok(m) for m in meta.values())
+        return meta is None
+
+    tropfx_facts = facts.get("tropfx", {})
+    if not shapes_ok(facts.get("tensor_meta")):
+        return False
+    cost = tropfx_facts.get("cost", {}) if isinstance(tropfx_facts, dict) else None
+    return isinstance(cost, dict) and all(isinstance(k, str) and type(v) is int
+                                          for k, v in cost.items())
+
+
 def _resolve(root: nn.Module, target: str, tensor: bool) -> bool:
     """Whether ``target`` names a submodule (or a parameter / buffer), by the registries only."""
     *parents, last = target.split(".")
@@ -607,7 +627,10 @@ def _graph_module(root: nn.Module, recipe: dict, path: str) -> fx.GraphModule:
         meta = entry.get("meta", {})
         if not (isinstance(meta, dict) and set(meta) <= set(_META_KEYS)):
             raise SerializationError(f"{where}: unknown node facts {sorted(meta)!r:.80}")
-        node.meta.update({k: _Decoder(where, meta=True)(v) for k, v in meta.items()})
+        facts = {k: _Decoder(where, meta=True)(v) for k, v in meta.items()}
+        if not _facts_ok(facts):
+            raise SerializationError(f"{where}: invalid node facts {meta!r:.120}")
+        node.meta.update(facts)
         nodes[name] = node
     class_name = gate.check_identifier(recipe.get("class_name"), "class name",
                                        f"the graph of {_where(path)}")
