@@ -214,6 +214,14 @@ def test_reserved_and_shadowing_attributes_are_refused(tmp_path):
         assert_refused(tampered(buf.getvalue(), edit), w, "reserved attributes", tmp_path)
 
 
+def test_reports_with_terminal_escapes_or_wrong_types_are_refused(legit, tmp_path):
+    w = Witness(tmp_path)
+    for report in ({"model": "\x1b]0;pwned\x07\x1b[2J"}, {"rows": [{"stage": "\x1b[31m"}]},
+                   {"rows": 5}, {"rows": [{"skipped": [1]}]}, [1]):
+        data = tampered(legit, lambda r, rep=report: r["root"].update(report=rep))
+        assert_refused(data, w, "report of the root module is invalid", tmp_path)
+
+
 def test_register_serializable_refuses_io_and_state_functions():
     for fn in (torch.load, torch.set_num_threads, torch.manual_seed, torch.compile):
         with pytest.raises(SerializationError, match="never call it"):

@@ -30,6 +30,7 @@ import contextlib
 import inspect
 import json
 import math
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -649,6 +650,9 @@ def _graph_module(root: nn.Module, recipe: dict, path: str) -> fx.GraphModule:
     return gm
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _fields_of(cls: type, data: Any) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
@@ -664,7 +668,10 @@ def _report_from_dict(data: Any, path: str) -> Report:
         leaves = [AutoLeaf(**_fields_of(AutoLeaf, a)) for a in data.get("leaves", [])]
         report = Report(model=data.get("model", ""), rows=rows, leaves=leaves,
                         seconds=data.get("seconds", 0.0), inputs=data.get("inputs", ""))
-        str(report)  # a report that cannot print is refused here, not when `tropfx summary` runs
+        # A report that cannot print, or would print terminal escape sequences, is refused
+        # here, not when `tropfx summary FILE` prints it.
+        if _CONTROL.search(str(report)):
+            raise ValueError("it holds control characters (terminal escape sequences)")
         report.to_json()
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         raise SerializationError(f"the report of {_where(path)} is invalid: {exc}") from exc
