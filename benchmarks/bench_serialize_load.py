@@ -9,6 +9,11 @@ times in a fresh process; the medians and the ratios to A are printed.
 
     python benchmarks/bench_serialize_load.py --baseline-python /work/main/.venv/bin/python
     python benchmarks/bench_serialize_load.py --time FILE   # one process: median load time
+    python benchmarks/bench_serialize_load.py --in-process /work/main/tropfx/serialize.py
+
+``--in-process OLD_SERIALIZE_PY`` imports that older ``tropfx/serialize.py`` next to this one and
+alternates ``old.load(format-1 file)``, ``tropfx.load(format-1 file)`` and ``tropfx.load(format-2
+file)`` in one process, one call each per turn: the least noisy comparison on a shared machine.
 """
 
 from __future__ import annotations
@@ -64,18 +69,55 @@ def time_loads(path: str, repeat: int) -> float:
     return statistics.median(times)
 
 
+def in_process(old_path: str, turns: int) -> int:
+    import importlib.util
+
+    import torch
+
+    import tropfx
+
+    spec = importlib.util.spec_from_file_location("tropfx_old_serialize", old_path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old  # its dataclasses look their module up
+    spec.loader.exec_module(old)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        v2, v1 = str(Path(tmp) / "resnet50.tropfx"), str(Path(tmp) / "resnet50-format1.tropfx")
+        subprocess.run([sys.executable, "-c", SAVE, v2], check=True)
+        _as_format_1(v2, v1)
+        print(f"file: {Path(v2).stat().st_size / 2**20:.1f} MiB; {turns} turns")
+        runs = {"A old load, format 1": (old.load, v1), "B this load, format 1": (tropfx.load, v1),
+                "C this load, format 2": (tropfx.load, v2)}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for fn, path in runs.values():
+            fn(path)  # warm
+        for _ in range(turns):
+            for label, (fn, path) in runs.items():
+                start = time.perf_counter()
+                fn(path)
+                times[label].append(time.perf_counter() - start)
+    base = statistics.median(times["A old load, format 1"])
+    for label, values in times.items():
+        m = statistics.median(values)
+        print(f"{label:22s} median {m * 1e3:7.1f} ms  ratio to A {m / base:.3f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-python", help="interpreter of the baseline tropfx")
     parser.add_argument("--time", metavar="FILE", help="print the median load time of FILE")
+    parser.add_argument("--in-process", metavar="OLD_SERIALIZE_PY")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     if args.time:
         print(f"{time_loads(args.time, args.repeat):.6f}")
         return 0
+    if args.in_process:
+        return in_process(args.in_process, args.repeat * args.rounds)
     if not args.baseline_python:
-        parser.error("--baseline-python or --time")
+        parser.error("--baseline-python, --in-process or --time")
     with tempfile.TemporaryDirectory() as tmp:
         v2, v1 = str(Path(tmp) / "resnet50.tropfx"), str(Path(tmp) / "resnet50-format1.tropfx")
         subprocess.run([sys.executable, "-c", SAVE, v2], check=True)

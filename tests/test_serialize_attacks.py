@@ -2,6 +2,7 @@
 checks that the file is refused with SerializationError and that nothing happened (no file created,
 no process-wide setting changed), whether the file is loaded or `tropfx summary FILE` reads it."""
 
+import gc
 import io
 import json
 import random
@@ -71,7 +72,8 @@ class Witness:
     @staticmethod
     def state():
         return (torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled(),
-                torch.are_deterministic_algorithms_enabled(), torch.random.get_rng_state().sum())
+                torch.are_deterministic_algorithms_enabled(), torch.random.get_rng_state().sum(),
+                gc.isenabled())  # load pauses the garbage collector: it must restore it
 
     def code(self):
         """Python that creates the witness file."""

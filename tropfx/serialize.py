@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
+import gc
 import inspect
 import json
 import math
+import os
 import re
 from dataclasses import fields
 from typing import Any
@@ -157,8 +160,18 @@ def _build(entry: gate.ModuleEntry, config: dict[str, Any]) -> nn.Module:
 def _attr_name_ok(cls: type, name: Any) -> bool:
     """A plain attribute a file may set: an identifier that is not nn.Module's bookkeeping, not a
     dunder, and does not shadow a method (``forward``, ``extra_repr``)."""
-    return (isinstance(name, str) and name.isidentifier() and name not in _INTERNAL
-            and not name.startswith("__") and not callable(getattr(cls, name, None)))
+    return isinstance(name, str) and _attr_name_ok_cached(cls, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _attr_name_ok_cached(cls: type, name: str) -> bool:
+    return (name.isidentifier() and name not in _INTERNAL and not name.startswith("__")
+            and not callable(getattr(cls, name, None)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _class_attribute(cls: type, name: str) -> bool:
+    return hasattr(cls, name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,6 +180,8 @@ def _attr_name_ok(cls: type, name: Any) -> bool:
 # literal: torch.fx writes them into generated code with repr.
 
 _TORCH_CONSTANTS = (torch.dtype, torch.layout, torch.memory_format)
+_JSON_SCALARS = frozenset({type(None), bool, int, float, str})
+_KEY_TYPES = (str, int, float, bool, type(None), tuple)
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -205,33 +220,38 @@ class _Decoder:
         self.where, self.nodes, self.meta = where, nodes, meta
 
     def __call__(self, value: Any) -> Any:
-        if value is None or isinstance(value, (bool, int, float, str)):
+        kind = type(value)
+        if kind in _JSON_SCALARS:
             return value
-        if isinstance(value, list):
-            return [self(v) for v in value]
-        if not isinstance(value, dict):
+        if kind is list:
+            return [x if type(x) in _JSON_SCALARS else self(x) for x in value]
+        if kind is not dict:
             raise self.error(value)
         kind, v = value.get("$"), value.get("v")
-        if kind == "ellipsis":
-            return Ellipsis
-        if kind in ("tuple", "slice", "tensor_meta", "dict") and not isinstance(v, list):
-            raise self.error(value)
-        if kind == "tuple":
-            return tuple(self(x) for x in v)
-        if kind == "dict":
-            if not all(isinstance(kv, list) and len(kv) == 2 for kv in v):
-                raise self.error(value)
-            items = [(self(k), self(x)) for k, x in v]
-            if not all(isinstance(k, (str, int, float, bool, type(None), tuple)) for k, _ in items):
-                raise self.error(value)
-            return dict(items)
+        # Scalars are returned inline (no call): they are most of a recipe's values.
+        if kind == "tuple" and type(v) is list:  # the most frequent tag first: args, shapes
+            return tuple([x if type(x) in _JSON_SCALARS else self(x) for x in v])
+        if kind == "dict" and type(v) is list:
+            out = {}
+            for kv in v:
+                if type(kv) is not list or len(kv) != 2:
+                    raise self.error(value)
+                key, x = kv
+                if type(key) is not str:
+                    key = self(key)
+                    if not isinstance(key, _KEY_TYPES):
+                        raise self.error(value)
+                out[key] = x if type(x) in _JSON_SCALARS else self(x)
+            return out
         if kind == "node":
             if self.nodes is None or not isinstance(v, str) or v not in self.nodes:
                 raise SerializationError(f"{self.where}: refers to an unknown node {v!r:.80}")
             return self.nodes[v]
+        if kind == "ellipsis":
+            return Ellipsis
         if kind == "float" and v in ("inf", "-inf", "nan"):
             return float(v)
-        if kind == "slice" and len(v) == 3:
+        if kind == "slice" and type(v) is list and len(v) == 3:
             parts = [self(x) for x in v]
             if all(p is None or isinstance(p, (int, fx.Node)) for p in parts):
                 return slice(*parts)
@@ -244,7 +264,8 @@ class _Decoder:
                 return torch.device(v)
             except (RuntimeError, ValueError) as exc:
                 raise SerializationError(f"{self.where}: bogus device {v!r:.80}") from exc
-        if kind == "tensor_meta" and self.meta and len(v) == len(TensorMetadata._fields):
+        if kind == "tensor_meta" and self.meta and type(v) is list and \
+                len(v) == len(TensorMetadata._fields):
             return TensorMetadata(*(self(x) for x in v))
         raise self.error(value)
 
@@ -535,29 +556,31 @@ class _Loader:
         return m
 
     def registries(self, m: nn.Module, recipe: dict, path: str, where: str) -> None:
-        """Parameters, buffers and children, through nn.Module's own registration checks."""
+        """Parameters, buffers and children, by nn.Module's registration rules."""
         params, buffers = recipe.get("params"), recipe.get("buffers")
         children, non_persistent = recipe.get("children"), recipe.get("non_persistent")
         if not (isinstance(params, dict) and isinstance(buffers, dict)
                 and isinstance(children, dict) and isinstance(non_persistent, list)):
             raise SerializationError(f"{where}: its record lacks parameters, buffers or children")
-        m._parameters.clear()
-        m._buffers.clear()
-        m._non_persistent_buffers_set = set()
-        m._modules.clear()
-        try:
-            for k, spec in params.items():
-                gate.check_segment(k, "parameter", where)
-                m.register_parameter(k, None if spec is None else self.param(spec, where))
-            for k, key in buffers.items():
-                gate.check_segment(k, "buffer", where)
-                m.register_buffer(k, None if key is None else self.tensor(key, where),
-                                  persistent=k not in non_persistent)
-            for k, child in children.items():
-                gate.check_segment(k, "child module", where)
-                m.add_module(k, None if child is None else self.module(child, _join(path, k)))
-        except (KeyError, TypeError) as exc:  # nn.Module's refusals: a name taken twice ...
-            raise SerializationError(f"{where}: {exc}") from exc
+        for names, what in ((params, "parameter"), (buffers, "buffer"), (children, "child module")):
+            for k in names:
+                gate.check_segment(k, what, where)
+        # nn.Module.add_module / register_parameter / register_buffer's rule, checked once for
+        # all names: a name is one thing, and never an attribute of the module or its class.
+        taken = [k for k in (*params, *buffers, *children)
+                 if k in m.__dict__ or _class_attribute(type(m), k)]
+        if taken or len(params) + len(buffers) + len(children) != \
+                len({*params, *buffers, *children}):
+            raise SerializationError(f"{where}: the names {sorted(taken)!r:.120} are taken twice "
+                                     "or are attributes of the module")
+        m._parameters = {k: None if spec is None else self.param(spec, where)
+                         for k, spec in params.items()}
+        m._buffers = {k: None if key is None else self.tensor(key, where)
+                      for k, key in buffers.items()}
+        m._non_persistent_buffers_set = {k for k in non_persistent if k in buffers}
+        m._modules = {}
+        for k, child in children.items():
+            m._modules[k] = None if child is None else self.module(child, _join(path, k))
 
 
 def _facts_ok(facts: dict[str, Any]) -> bool:
@@ -691,11 +714,17 @@ def load(f: PathOrFile, *, map_location: Any = "cpu", max_bytes: int | None = No
     after :func:`register_serializable` must be registered again before loading.
     """
     fh, name, size = gate.open_file(f)
+    # The recipe and the module tree are many small containers: without a pause, the cyclic
+    # garbage collector runs mid-load, over every object of the process (tens of ms, at random).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         limit = gate.default_max_bytes(size) if max_bytes is None else int(max_bytes)
         gate.check_archive(fh, name, limit)
         try:
-            blob = torch.load(fh, map_location=map_location, weights_only=True)
+            # A path is read by torch's own zip reader (faster than through a Python file).
+            source = os.fspath(f) if isinstance(f, str | os.PathLike) else fh
+            blob = torch.load(source, map_location=map_location, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere in torch.load
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SerializationError(f"{name} is not a tropfx module file (torch.load with "
@@ -711,5 +740,7 @@ def load(f: PathOrFile, *, map_location: Any = "cpu", max_bytes: int | None = No
                 raise
             raise SerializationError(f"{name} is corrupt: {type(exc).__name__}: {exc}") from exc
     finally:
+        if collecting:
+            gc.enable()
         if fh is not f:
             fh.close()

@@ -463,13 +463,17 @@ def check_segment(name: Any, what: str, where: str) -> str:
     it quotes a segment that is not an identifier as ``getattr(self, "block1-0")`` without
     escaping, so quotes, backslashes and unprintable characters are refused; so are dunders and
     keywords (``self.class`` is a syntax error)."""
-    ok = (isinstance(name, str) and name and "." not in name and name.isprintable()
-          and not any(c in name for c in "\"'\\") and not name.startswith("__")
-          and not keyword.iskeyword(name))
-    if not ok:
+    if not (isinstance(name, str) and _segment_ok(name)):
         raise SerializationError(f"{where}: {what} {name!r:.120} is not a valid module or "
                                  "attribute name (no dots, quotes, backslashes, dunders, keywords)")
     return name
+
+
+@functools.lru_cache(maxsize=8192)
+def _segment_ok(name: str) -> bool:
+    return (bool(name) and "." not in name and name.isprintable()
+            and not any(c in name for c in "\"'\\") and not name.startswith("__")
+            and not keyword.iskeyword(name))
 
 
 def check_path(path: Any, what: str, where: str) -> str:
