@@ -5,7 +5,9 @@ file) is compiled with the exact passes and saved by this tropfx (format 2), and
 (no declared tensor shapes), which older tropfx versions read. Then ``--baseline-python`` (another
 checkout's interpreter, e.g. the main branch's .venv/bin/python) loads the format-1 file, and this
 interpreter both files, in turns (A, B, C, A, B, C ...), each timing ``tropfx.load`` ``--repeat``
-times in a fresh process; the medians and the ratios to A are printed.
+times in a fresh process; the medians and the ratios to A are printed. Times are CPU times of
+the loading process (``time.process_time``, one thread): on a shared machine wall times mostly
+measure the wait for a core.
 
     python benchmarks/bench_serialize_load.py --baseline-python /work/main/.venv/bin/python
     python benchmarks/bench_serialize_load.py --time FILE   # one process: median load time
@@ -42,6 +44,11 @@ tropfx.save(cm, sys.argv[1])
 """
 
 
+# CPU time of this process (one thread): on a shared machine, wall time mostly measures the wait
+# for a core.
+CLOCK = time.process_time
+
+
 def _as_format_1(src: str, dst: str) -> None:
     import json
 
@@ -63,9 +70,9 @@ def time_loads(path: str, repeat: int) -> float:
     tropfx.load(path)  # warm: imports, tables, allocator
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = CLOCK()
         tropfx.load(path)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -93,9 +100,9 @@ def in_process(old_path: str, turns: int) -> int:
             fn(path)  # warm
         for _ in range(turns):
             for label, (fn, path) in runs.items():
-                start = time.perf_counter()
+                start = CLOCK()
                 fn(path)
-                times[label].append(time.perf_counter() - start)
+                times[label].append(CLOCK() - start)
     base = statistics.median(times["A old load, format 1"])
     for label, values in times.items():
         m = statistics.median(values)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
-import gc
 import inspect
 import json
 import math
@@ -714,10 +713,6 @@ def load(f: PathOrFile, *, map_location: Any = "cpu", max_bytes: int | None = No
     after :func:`register_serializable` must be registered again before loading.
     """
     fh, name, size = gate.open_file(f)
-    # The recipe and the module tree are many small containers: without a pause, the cyclic
-    # garbage collector runs mid-load, over every object of the process (tens of ms, at random).
-    collecting = gc.isenabled()
-    gc.disable()
     try:
         limit = gate.default_max_bytes(size) if max_bytes is None else int(max_bytes)
         gate.check_archive(fh, name, limit)
@@ -740,7 +735,5 @@ def load(f: PathOrFile, *, map_location: Any = "cpu", max_bytes: int | None = No
                 raise
             raise SerializationError(f"{name} is corrupt: {type(exc).__name__}: {exc}") from exc
     finally:
-        if collecting:
-            gc.enable()
         if fh is not f:
             fh.close()
