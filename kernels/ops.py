@@ -497,4 +497,5 @@ def _register() -> None:
 
 # A lowered graph calls these wrappers: tropfx.save / tropfx.load store them by name.
 for _name in __all__:
-    register_serializable(globals()[_name])
+    if _name != "output_cache":  # process state (the cache's limit), never a graph's call
+        register_serializable(globals()[_name])

@@ -12,6 +12,7 @@ from torch import fx, nn
 
 import tropfx
 from tropfx import passes as tp
+from tropfx import serialize_gate as gate
 from tropfx.demo import SmallCNN
 from tropfx.nn import Maxout, MaxPlus, MinPlus, SparseMaxPlus
 from tropfx.nn.morphology import Dilation2d, Erosion1d
@@ -245,11 +246,16 @@ class UsesDouble(nn.Module):
         return double(x) + 1
 
 
-def test_unknown_layer_class_is_refused_with_a_hint_then_registered(monkeypatch):
-    import tropfx.serialize as ser
+@pytest.fixture
+def fresh_tables(monkeypatch):
+    """Registrations made by a test are undone after it."""
+    tables = gate.tables()
+    for registry in ("functions", "function_names", "modules", "module_names"):
+        monkeypatch.setattr(tables, registry, dict(getattr(tables, registry)))
+    return tables
 
-    for registry in ("_MODULES", "_MODULE_NAMES", "_FUNCTIONS", "_FUNCTION_NAMES"):
-        monkeypatch.setattr(ser, registry, dict(getattr(ser, registry)))
+
+def test_unknown_layer_class_is_refused_with_a_hint_then_registered(fresh_tables):
     tropfx.tracing.register_leaf(Scale)  # keep it a call_module node
     cm = tropfx.compile(nn.Sequential(nn.Linear(3, 3), Scale(3)), [],
                         example_inputs=(torch.randn(2, 3),))
@@ -263,17 +269,13 @@ def test_unknown_layer_class_is_refused_with_a_hint_then_registered(monkeypatch)
     x = torch.randn(2, 3)
     assert torch.equal(tropfx.load(io.BytesIO(loaded_bytes))(x), cm(x))
     # The loading process must know the class too: without the registration, a clear refusal.
-    del ser._MODULE_NAMES[f"{Scale.__module__}.Scale"]
+    del fresh_tables.modules[f"{Scale.__module__}.Scale"]
     with pytest.raises(SerializationError, match=r"class .*Scale is not allowed.*"
                        r"register_serializable\(Scale\) before tropfx.load"):
         tropfx.load(io.BytesIO(loaded_bytes))
 
 
-def test_a_config_that_does_not_rebuild_is_refused_at_save(monkeypatch):
-    import tropfx.serialize as ser
-
-    monkeypatch.setattr(ser, "_MODULES", dict(ser._MODULES))
-    monkeypatch.setattr(ser, "_MODULE_NAMES", dict(ser._MODULE_NAMES))
+def test_a_config_that_does_not_rebuild_is_refused_at_save(fresh_tables):
     tropfx.register_serializable(Odd)
     with pytest.raises(SerializationError, match=r"Odd.__init__ needs 'n'.*config="):
         tropfx.save(nn.Sequential(Odd(3)), io.BytesIO())
@@ -283,14 +285,10 @@ def test_a_config_that_does_not_rebuild_is_refused_at_save(monkeypatch):
     assert torch.equal(roundtrip(model)(x), model(x))
 
 
-def test_unknown_function_is_refused_with_a_hint_then_registered(monkeypatch):
-    import tropfx.serialize as ser
-
-    monkeypatch.setattr(ser, "_FUNCTIONS", dict(ser._FUNCTIONS))
-    monkeypatch.setattr(ser, "_FUNCTION_NAMES", dict(ser._FUNCTION_NAMES))
+def test_unknown_function_is_refused_with_a_hint_then_registered(fresh_tables):
     cm = tropfx.compile(UsesDouble(), [], example_inputs=(torch.randn(2),))
-    with pytest.raises(SerializationError, match=r"node double: its function .*double is not "
-                       r"in tropfx's allow-list.*register_serializable\(fn\)"):
+    with pytest.raises(SerializationError, match=r"node double of the root module: its function "
+                       r".*double is not in tropfx's tables.*register_serializable\(.*double\)"):
         tropfx.save(cm, io.BytesIO())
     tropfx.register_serializable(double)
     x = torch.randn(3)
@@ -344,14 +342,14 @@ def _set_class(name):
     (_set_class("os.system"), "class os.system is not allowed"),
     (_set_class("subprocess.Popen"), "class subprocess.Popen is not allowed"),
     (_set_class("torch.nn.modules.module.Module.__init__"), "class .*__init__ is not allowed"),
-    (_set("call_function", target="os:system"), "not in an allowed module"),
-    (_set("call_function", target="builtins:eval"), "builtin eval is not allowed"),
-    (_set("call_function", target="torch:load"), "not an allowed function"),
-    (_set("call_function", target="torch.ops:os.system"), "not in the allowed namespaces"),
-    (_set("call_function", target="torch:_C._nn"), "is not allowed"),
+    (_set("call_function", target="os:system"), "function 'os:system' is not in tropfx's tables"),
+    (_set("call_function", target="builtins:eval"), "'builtins:eval' is not in tropfx's tables"),
+    (_set("call_function", target="torch:load"), "'torch:load' is not in tropfx's tables"),
+    (_set("call_function", target="torch.ops:os.system"), "torch.ops.os.system is not allowed"),
+    (_set("call_function", target="torch:_C._nn"), "'torch:_C._nn' is not in tropfx's tables"),
     (_set("call_method", target="__reduce__"), "method '__reduce__' is not allowed"),
     (_set("call_module", op="exec"), "unknown op 'exec'"),
-    (_set("call_module", target="lin.__class__"), "attribute 'lin.__class__' is not allowed"),
+    (_set("call_module", target="lin.__class__"), "attribute '__class__' is not a valid"),
     (lambda r: r["root"]["children"]["lin"]["children"]["0"].update(
         {"attrs": {"$": "dict", "v": [["_parameters", 1]]}}), "reserved attributes"),
 ])
@@ -374,7 +372,7 @@ def test_private_getattr_in_a_graph_is_refused():
         node = next(n for n in recipe["root"]["nodes"] if n["target"] == "builtins:getattr")
         node["args"]["v"][1] = "__class__"
 
-    with pytest.raises(SerializationError, match="getattr of a private attribute"):
+    with pytest.raises(SerializationError, match="getattr of '__class__' is not allowed"):
         tropfx.load(_tampered(cm, edit))
 
 
