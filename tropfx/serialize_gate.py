@@ -140,9 +140,10 @@ _PRIVATE = {"torch": "_assert"}
 # tropfx's functions that graphs hold (fx.wrap'ed layers and checks); the kernel wrappers of
 # tropfx.kernels register themselves where they are defined.
 _TROPFX = {
-    "tropfx.nn.functional": "maxplus minplus sparse_maxplus sparse_minplus maxout check_tropical",
+    "tropfx.nn.functional": "maxplus minplus sparse_maxplus sparse_minplus diagonal_maxplus "
+                            "diagonal_minplus maxout check_tropical",
     "tropfx.nn.morphology": "dilation1d dilation2d erosion1d erosion2d",
-    "tropfx.nn.bise": "check_bise_input check_bise_parameters check_level_input",
+    "tropfx.nn.bise": "check_bise_input check_bise_parameters check_level_input smooth_threshold",
 }
 # Builtins (fx records x.shape as getattr(x, "shape")), and the attributes getattr may read.
 _BUILTINS = "abs bool float getattr int len max min round slice tuple"
