@@ -5,12 +5,12 @@
 """
 
 from tropfx.passes.binarize_bise import BinarizeBiSE, binarize_bise
-from tropfx.passes.cluster_channels import TropNNC, tropnnc
 from tropfx.passes.fuse_batchnorm import FuseBatchNorm, fuse_batchnorm
 from tropfx.passes.lower_kernels import LowerKernels, lower_kernels
 from tropfx.passes.maxpool_to_dilation import MaxPoolToDilation, maxpool_to_dilation
 from tropfx.passes.prune_l1 import PruneL1, prune_l1
 from tropfx.passes.relu_to_maxplus import ReluToMaxPlus, relu_to_maxplus
+from tropfx.passes.tropnnc import TropNNC, tropnnc
 
 __all__ = [
     "BinarizeBiSE",
