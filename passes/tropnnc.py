@@ -362,6 +362,8 @@ class TropNNC(GraphPass):
         except InputError as e:
             raise _Decline(f"{self.method}: {e}") from e
         K = result.A.shape[0]
+        if K == n:
+            return row  # every channel is its own cluster: nothing to merge
         rows = self._rows(group, ins, outs, result)
         row["bound"] = self._bound(group, problem, result)
         resize_channels(gm, group, rows, merge=_mean_map(result.labels, K))

@@ -778,6 +778,7 @@ def resize_channels(gm: fx.GraphModule, group: Group, rows: list[Tensor | None],
             if m.node in gm.graph.nodes:
                 m.node.replace_all_uses_with(m.node.args[0])
                 gm.graph.erase_node(m.node)
+                gm.delete_submodule(m.target)  # called once: nothing else reads it
             m.segments[part.segment][1] = size
             continue
         if m.role == "consumer" and m.node in producers:
