@@ -29,19 +29,19 @@ from tropnnc_zoo import load_torchvision  # noqa: E402 - the script's own direct
 MODELS = ("alexnet", "vgg11_bn", "vgg16", "resnet50")
 
 
-def once(torchvision, name: str, backend: str, ratio: float) -> tuple[float, int, int]:
+def once(torchvision, name: str, backend: str, ratio: float) -> tuple[float, float, int, int]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(1, 3, 224, 224)
     T.KMEANS_BACKEND = backend
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         cm = tropfx.compile(model, [tp.tropnnc(ratio=ratio, progress=False)],
                             example_inputs=(x,), verify=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         T.KMEANS_BACKEND = "torch"
-    return seconds, cm.report[0].params, cm.report[-1].params
+    return seconds, cpu, cm.report[0].params, cm.report[-1].params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,20 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     backends = args.backends.split(",")
     print(f"tropnnc ratio={args.ratio}, torch {torch.__version__}, {args.threads} threads, "
           f"medians of {args.repeats}")
-    print("| model | params | " + " | ".join(f"{b} (s)" for b in backends) +
-          (" | sklearn / torch |" if backends == ["sklearn", "torch"] else " |"))
+    print("wall seconds (CPU seconds of the process, less sensitive to a loaded machine)")
+    print("| model | params | " + " | ".join(f"{b}: wall (CPU) s" for b in backends) +
+          (" | sklearn / torch (wall) |" if backends == ["sklearn", "torch"] else " |"))
     print("| --- | --- | " + " | ".join("---" for _ in backends) + " |" +
           (" --- |" if backends == ["sklearn", "torch"] else ""))
     for name in args.models.split(","):
-        times: dict[str, list[float]] = {b: [] for b in backends}
+        times: dict[str, list[tuple[float, float]]] = {b: [] for b in backends}
         for _ in range(args.repeats):
             for b in backends:  # interleaved
-                seconds, before, after = once(torchvision, name, b, args.ratio)
-                times[b].append(seconds)
-        med = {b: statistics.median(v) for b, v in times.items()}
-        ratio = f" {med['sklearn'] / med['torch']:.1f}x |" if backends == ["sklearn", "torch"] else ""
+                seconds, cpu, before, after = once(torchvision, name, b, args.ratio)
+                times[b].append((seconds, cpu))
+        med = {b: (statistics.median(s for s, _ in v), statistics.median(c for _, c in v))
+               for b, v in times.items()}
+        ratio = f" {med['sklearn'][0] / med['torch'][0]:.1f}x |" \
+            if backends == ["sklearn", "torch"] else ""
         print(f"| {name} | {before / 1e6:.1f}M -> {after / 1e6:.1f}M | " +
-              " | ".join(f"{med[b]:.1f}" for b in backends) + " |" + ratio, flush=True)
+              " | ".join(f"{med[b][0]:.1f} ({med[b][1]:.1f})" for b in backends) + " |" + ratio,
+              flush=True)
     return 0
 
 

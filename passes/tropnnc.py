@@ -96,7 +96,8 @@ class Method:
 
 
 def _multi(p: Problem, K: int) -> Tensor:
-    return T.compress_multi(p.A0, p.b0, p.C, K, p.seed, n_init=p.restarts).labels
+    # Alg. 2, step 1 (compress_multi's clustering, without building its layer twice)
+    return T.kmeans_labels(p.vectors, K, p.seed, n_init=p.restarts)
 
 
 METHODS: dict[str, Method] = {
@@ -309,12 +310,15 @@ class TropNNC(GraphPass):
         outs = group.role("consumer")
         build = [read_rows(gm, p, fold=True) for p in ins]
         clus = [read_rows(gm, p, fold=self.batchnorm == "fuse") for p in ins]
-        for rows in build:
+        for rows in (*build, *clus):
             if not bool(torch.isfinite(rows).all()):
                 raise _Decline(f"{self.method}: A contains NaN or infinite values; compress only "
                                "finite weights")
         cols = [read_rows(gm, p) for p in outs]
         C = torch.cat(cols, 1).T if outs else build[0].new_zeros(0, group.size)
+        if not bool(torch.isfinite(C).all()):
+            raise _Decline(f"{self.method}: C contains NaN or infinite values; compress only "
+                           "finite weights")
 
         def split(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
             # the first producer's bias is b; every other column is part of A

@@ -233,7 +233,10 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
         with warnings.catch_warnings():
             # duplicate rows: fewer distinct clusters than k; handled by compacting the labels
             warnings.simplefilter("ignore", ConvergenceWarning)
-            _, first = kmeans_plusplus(seeding.double().numpy(), k, random_state=s)
+            if backend == "sklearn":
+                _, first = kmeans_plusplus(seeding.double().numpy(), k, random_state=s)
+            else:
+                first = _kmeans_plusplus(seeding.float(), k, s)
             if backend == "sklearn":
                 km = KMeans(k, init=x64.numpy()[first], n_init=1, max_iter=max_iter, tol=tol,
                             random_state=s).fit(x64.numpy())
@@ -246,6 +249,36 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
         if best is None or inertia < best_inertia:
             best, best_inertia = labels, inertia
     return torch.unique(best, return_inverse=True)[1]
+
+
+def _kmeans_plusplus(x: Tensor, k: int, seed: int) -> Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's variant with
+    ``2 + log(k)`` candidates per centre): indices of ``k`` rows of ``x``. A row identical to a
+    chosen centre has distance 0 and is never chosen while others are farther."""
+    gen = torch.Generator().manual_seed(seed)
+    n, trials = x.shape[0], 2 + int(math.log(k))
+    xx = (x * x).sum(1)
+    chosen = [int(torch.randint(n, (1,), generator=gen))]
+    xt = x.T.contiguous()
+    closest = (xx + xx[chosen[0]] - 2 * x @ x[chosen[0]]).clamp_min(0)
+    closest[chosen[0]] = 0.0
+    rows = torch.arange(trials)
+    for _ in range(1, k):
+        total = float(closest.sum())
+        if total <= 0:  # fewer distinct rows than k: the rest would be duplicates
+            taken = set(chosen)
+            rest = [i for i in range(n) if i not in taken][:k - len(chosen)]
+            return torch.tensor(chosen + rest)
+        cand = torch.searchsorted(torch.cumsum(closest, 0),
+                                  torch.rand(trials, generator=gen, dtype=x.dtype) * total)
+        cand = cand.clamp(max=n - 1)
+        d = torch.addmm(xx[cand, None] + xx[None, :], x[cand], xt, alpha=-2.0).clamp_min_(0)
+        d[rows, cand] = 0.0
+        torch.minimum(d, closest[None], out=d)
+        best = int(d.sum(1).argmin())
+        chosen.append(int(cand[best]))
+        closest = d[best]
+    return torch.tensor(chosen)
 
 
 def _assign(x: Tensor, xx: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
