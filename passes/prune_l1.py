@@ -52,8 +52,9 @@ class PruneL1(GraphPass):
     magnitude to their pruned value: 0 for Linear / Conv, -inf for max-plus, dilation and erosion,
     +inf for min-plus (each layer type's ``LayerSpec.prune``, :mod:`tropfx.layers`).
     ``scope="layer"`` prunes each layer's weights separately; ``"global"`` ranks all matched
-    weights together. Entries already pruned count toward the ratio. Ties are broken by position (stable), so the result is deterministic.
-    ``include`` / ``exclude`` are glob patterns on module names (``"head.*"``).
+    weights together. Entries already pruned count toward the ratio. Ties are broken by position
+    (stable), so the result is deterministic. ``include`` / ``exclude`` are glob patterns on
+    module names (``"head.*"``).
 
     A max-plus row left without any finite weight and without a finite bias keeps its largest
     weight (it would be -inf for every input); the report's ``info`` gives the achieved ratio.
