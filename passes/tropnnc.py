@@ -309,7 +309,8 @@ class TropNNC(GraphPass):
                and p.member.node not in folded]
         outs = group.role("consumer")
         build = [read_rows(gm, p, fold=True) for p in ins]
-        clus = [read_rows(gm, p, fold=self.batchnorm == "fuse") for p in ins]
+        clus = build if self.batchnorm == "fuse" or not folded else \
+            [read_rows(gm, p, fold=False) for p in ins]
         for rows in (*build, *clus):
             if not bool(torch.isfinite(rows).all()):
                 raise _Decline(f"{self.method}: A contains NaN or infinite values; compress only "
