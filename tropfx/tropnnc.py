@@ -220,10 +220,6 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
     n = X.shape[0]
     if k >= n:
         return torch.arange(n)
-    # imported here: scikit-learn takes seconds to import, and `import tropfx` must stay fast
-    from sklearn.cluster import KMeans, kmeans_plusplus
-    from sklearn.exceptions import ConvergenceWarning
-
     x64 = X.detach().to("cpu", torch.float64)
     x32 = x64.float()
     best, best_inertia = None, math.inf
@@ -232,23 +228,16 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
         if x64.shape[1] > _SEEDING_DIM:
             R = np.random.default_rng(s).standard_normal((x64.shape[1], _SEEDING_DIM))
             seeding = x32 @ torch.from_numpy(R).float()
-        with warnings.catch_warnings():
-            # duplicate rows: fewer distinct clusters than k; handled by compacting the labels
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            if backend == "sklearn":
-                _, first = kmeans_plusplus(seeding.double().numpy(), k, random_state=s)
-            else:
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)  # k small sequential steps: threads only wait on a busy machine
-                try:
-                    first = _kmeans_plusplus(seeding.float(), k, s)
-                finally:
-                    torch.set_num_threads(threads)
-            if backend == "sklearn":
-                km = KMeans(k, init=x64.numpy()[first], n_init=1, max_iter=max_iter, tol=tol,
-                            random_state=s).fit(x64.numpy())
-                labels, inertia = torch.from_numpy(km.labels_).long(), km.inertia_
-            elif seeding is x64:
+        if backend == "sklearn":
+            labels, inertia = _sklearn_kmeans(x64, seeding, k, s, max_iter, tol)
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # k small sequential steps: threads only wait on a busy machine
+            try:
+                first = _kmeans_plusplus(seeding.float(), k, s)
+            finally:
+                torch.set_num_threads(threads)
+            if seeding is x64:
                 labels, inertia = _lloyd(x32, x32[first], max_iter, tol)
             else:  # iterate on the projection, then refine on the full rows
                 labels, _ = _lloyd(seeding, seeding[first], max_iter, tol)
@@ -256,6 +245,21 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
         if best is None or inertia < best_inertia:
             best, best_inertia = labels, inertia
     return torch.unique(best, return_inverse=True)[1]
+
+
+def _sklearn_kmeans(x64: Tensor, seeding: Tensor, k: int, seed: int, max_iter: int,
+                    tol: float) -> tuple[Tensor, float]:
+    # imported here: scikit-learn takes seconds to import, and `import tropfx` must stay fast
+    from sklearn.cluster import KMeans, kmeans_plusplus
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        # duplicate rows: fewer distinct clusters than k; handled by compacting the labels
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _, first = kmeans_plusplus(seeding.double().numpy(), k, random_state=seed)
+        km = KMeans(k, init=x64.numpy()[first], n_init=1, max_iter=max_iter, tol=tol,
+                    random_state=seed).fit(x64.numpy())
+    return torch.from_numpy(km.labels_).long(), km.inertia_
 
 
 def _kmeans_plusplus(x: Tensor, k: int, seed: int) -> Tensor:
@@ -313,15 +317,15 @@ def _refine(x: Tensor, proj: Tensor, labels: Tensor, init: Tensor, iters: int,
     c = min(_CANDIDATES, centers.shape[0])
     chunk = max(1, 2**24 // (c * d))
     stop = tol * float(x.var(0).mean()) if n > 1 else 0.0
-    pp = (proj * proj).sum(1)
+    pp, xx = (proj * proj).sum(1), (x * x).sum(1)
     for step in range(iters + 1):
         pc = _means(proj, labels, proj.new_zeros(centers.shape[0], proj.shape[1]))
         near = torch.addmm(pp[:, None] + (pc * pc).sum(1)[None, :], proj, pc.T, alpha=-2.0)
         cand = near.topk(c, dim=1, largest=False).indices
-        dist = torch.empty(n, c, dtype=x.dtype)
-        for a in range(0, n, chunk):
-            diff = x[a:a + chunk, None, :] - centers[cand[a:a + chunk]]
-            dist[a:a + chunk] = (diff * diff).sum(-1)
+        dots = torch.empty(n, c, dtype=x.dtype)
+        for a in range(0, n, chunk):  # x_i . c_j for the candidates j of row i only
+            dots[a:a + chunk] = torch.bmm(centers[cand[a:a + chunk]], x[a:a + chunk, :, None])[..., 0]
+        dist = (xx[:, None] + (centers * centers).sum(1)[cand] - 2 * dots).clamp_min(0)
         best, pick = dist.min(1)
         labels = cand.gather(1, pick[:, None])[:, 0]
         if step == iters:
