@@ -57,9 +57,12 @@ class Problem:
     memo: dict = field(default_factory=dict)
 
     def subset(self, idx: Tensor) -> Problem:
-        """The channels ``idx`` only (one block of a grouped convolution)."""
+        """The channels ``idx`` only (one block of a grouped convolution). Outputs that read
+        none of them (the other blocks of a grouped consumer) are left out: they add only zeros
+        to the clustering vectors."""
         contrib = self.contributions
-        return Problem(self.A[idx], self.b[idx], self.C[:, idx], self.A0[idx], self.b0[idx],
+        C = self.C[:, idx]
+        return Problem(self.A[idx], self.b[idx], C[C.abs().sum(1) > 0], self.A0[idx], self.b0[idx],
                        self.seed, self.restarts, self.num_iter,
                        None if contrib is None else (lambda: contrib()[:, idx]))
 
