@@ -12,55 +12,17 @@ import torch
 from torch import Tensor, fx, nn
 
 from tropfx.errors import InputError
-from tropfx.nn import MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus
-from tropfx.nn.morphology import Dilation1d, Dilation2d, Erosion1d, Erosion2d
+from tropfx.layers import Prunable, layer_spec
 from tropfx.pass_base import GraphPass, PassResult, PassStats
 
-__all__ = ["PRUNABLE", "Prunable", "PruneL1", "prune_l1"]
-
-
-@dataclass(frozen=True)
-class Prunable:
-    """Which parameter of a layer type is pruned, and to what value.
-
-    Linear weights are pruned to 0 (no contribution to a sum); max-plus weights to -inf and
-    min-plus weights to +inf (no contribution to a max / min) -- Sparse Hybrid
-    Linear-Morphological Networks, §4 (pruning protocol). Erosion subtracts its structuring
-    element (``min(x - w)``), so its inactive value is -inf too.
-    """
-
-    param: str
-    pruned: float = 0.0
-
-    @property
-    def tropical(self) -> bool:
-        return math.isinf(self.pruned)
-
-
-# Users register their own layer types here.
-PRUNABLE: dict[type[nn.Module], Prunable] = {
-    nn.Linear: Prunable("weight"),
-    nn.Conv1d: Prunable("weight"),
-    nn.Conv2d: Prunable("weight"),
-    nn.Conv3d: Prunable("weight"),
-    nn.ConvTranspose1d: Prunable("weight"),
-    nn.ConvTranspose2d: Prunable("weight"),
-    nn.ConvTranspose3d: Prunable("weight"),
-    MaxPlus: Prunable("weight", -math.inf),
-    MinPlus: Prunable("weight", math.inf),
-    SparseMaxPlus: Prunable("value", -math.inf),
-    SparseMinPlus: Prunable("value", math.inf),
-    Dilation1d: Prunable("weight", -math.inf),
-    Dilation2d: Prunable("weight", -math.inf),
-    Erosion1d: Prunable("weight", -math.inf),  # min(x - w): x - (-inf) never wins
-    Erosion2d: Prunable("weight", -math.inf),
-}
+__all__ = ["Prunable", "PruneL1", "prune_l1"]
 
 
 def _spec(module: nn.Module) -> Prunable | None:
-    # Exact type: MinPlus subclasses MaxPlus but prunes to the opposite infinity.
-    return PRUNABLE.get(type(module)) or next(
-        (PRUNABLE[c] for c in type(module).__mro__[1:] if c in PRUNABLE), None)
+    """What magnitude pruning prunes in ``module``: its :class:`tropfx.layers.LayerSpec`'s
+    ``prune`` (register new layer types with :func:`tropfx.layers.register_layer`)."""
+    spec = layer_spec(module)
+    return None if spec is None else spec.prune
 
 
 def prune_scores(weight: Tensor, spec: Prunable) -> Tensor:
@@ -88,10 +50,11 @@ class PruneL1(GraphPass):
 
     Sets the fraction ``ratio`` of the weights of every matched layer with the smallest
     magnitude to their pruned value: 0 for Linear / Conv, -inf for max-plus, dilation and erosion,
-    +inf for min-plus (see :data:`PRUNABLE`). ``scope="layer"`` prunes each layer's weights
-    separately; ``"global"`` ranks all matched weights together. Entries already pruned count
-    toward the ratio. Ties are broken by position (stable), so the result is deterministic.
-    ``include`` / ``exclude`` are glob patterns on module names (``"head.*"``).
+    +inf for min-plus (each layer type's ``LayerSpec.prune``, :mod:`tropfx.layers`).
+    ``scope="layer"`` prunes each layer's weights separately; ``"global"`` ranks all matched
+    weights together. Entries already pruned count toward the ratio. Ties are broken by position
+    (stable), so the result is deterministic. ``include`` / ``exclude`` are glob patterns on
+    module names (``"head.*"``).
 
     A max-plus row left without any finite weight and without a finite bias keeps its largest
     weight (it would be -inf for every input); the report's ``info`` gives the achieved ratio.

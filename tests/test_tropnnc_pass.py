@@ -319,18 +319,44 @@ class NoRelu(nn.Module):
 
 
 @pytest.mark.parametrize("model, node, reason", [
-    (Residual(), "a", "residual add"),
-    (Residual(), "b", "residual add"),
-    (Concat(), "a", "concatenation"),
     (Shared(), "a", "shared"),
-    (NoRelu(), "a", "tanh"),
 ])
-def test_coupled_or_unsupported_channels_are_skipped_with_the_reason(model, node, reason):
+def test_shared_layers_are_skipped_with_the_reason(model, node, reason):
     cm = assert_pass_preserves(tp.tropnnc(ratio=0.5), model.eval(), (torch.randn(2, 4),),
                                rtol=0.0, atol=0.0)
     skips = {s.node: s.reason for s in cm.report[-1].skipped}
     assert reason in skips[node], skips
     assert "layers" not in cm.report[-1].info or not cm.report[-1].info["layers"]
+
+
+@pytest.mark.parametrize("model, group, paper, reason", [
+    (Residual(), "a", False, "joined by add"),
+    (Concat(), "a", True, None),
+    (NoRelu(), "a", False, "not a ReLU (tanh)"),
+])
+def test_coupled_groups_are_compressed_and_marked_outside_the_paper(model, group, paper, reason):
+    x = torch.randn(2, 4)
+    cm = tropfx.compile(model.eval(), [tp.tropnnc(ratio=0.5)], example_inputs=(x,))
+    row = layer_rows(cm)[group]
+    assert row["K"] < row["n"] and row["paper"] is paper
+    assert (row["outside"] is None) if paper else reason in row["outside"], row
+    assert not cm.report[-1].skipped
+    strict = tropfx.compile(model.eval(), [tp.tropnnc(ratio=0.5, strict=True)], example_inputs=(x,))
+    skips = {s.node: s.reason for s in strict.report[-1].skipped}
+    if paper:
+        assert group in layer_rows(strict) and not skips
+    else:
+        assert "strict=True" in skips[group] and reason in skips[group], skips
+
+
+def test_a_residual_group_merges_every_member():
+    """Residual: a's channels and b's outputs are one group (an add joins them); b reads and
+    writes it. At ratio 0.5 every member shrinks and the result is the merge of the group."""
+    model = Residual().eval()
+    cm = tropfx.compile(model, [tp.tropnnc(ratio=0.5)], example_inputs=(torch.randn(2, 4),))
+    assert (cm.a.out_features, cm.b.in_features, cm.b.out_features, cm.c.in_features) == (2,) * 4
+    assert layer_rows(cm)["a"]["producers"] == ["a", "b"]
+    assert layer_rows(cm)["a"]["consumers"] == ["b", "c"]
 
 
 def test_single_method_on_a_multi_output_layer_and_nan_weights_are_skipped_with_reasons():
