@@ -12,11 +12,12 @@ from torch import fx, nn
 
 from tropfx.folding import batchnorm_affine, fold_affine
 from tropfx.hooks import hook_reason
+from tropfx.layers import layer_spec
 from tropfx.ops import OpMatch, constant_value, match_op
 from tropfx.pass_base import GraphPass, PassResult, PassStats
 from tropfx.rewrite import tensor_shape
 
-__all__ = ["FOLDABLE", "METADATA_ATTRS", "METADATA_METHODS", "Foldable", "FuseBatchNorm", "fuse_batchnorm",
+__all__ = ["METADATA_ATTRS", "METADATA_METHODS", "Foldable", "FuseBatchNorm", "fuse_batchnorm",
            "reads_metadata_only"]
 
 
@@ -32,16 +33,6 @@ class Foldable:
     transposed: bool = False
 
 
-# Users register their own conv-like layers here (they need .weight, .bias and .groups if grouped).
-FOLDABLE: dict[type[nn.Module], Foldable] = {
-    nn.Linear: Foldable(rank=2),
-    nn.Conv1d: Foldable(rank=3),
-    nn.Conv2d: Foldable(rank=4),
-    nn.Conv3d: Foldable(rank=5),
-    nn.ConvTranspose1d: Foldable(rank=3, transposed=True),
-    nn.ConvTranspose2d: Foldable(rank=4, transposed=True),
-    nn.ConvTranspose3d: Foldable(rank=5, transposed=True),
-}
 _BN_RANK = {nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}  # module BNs that reject any other rank
 
 # Users that read only a tensor's metadata, never its values: folding leaves shape, dtype and device
@@ -67,7 +58,18 @@ def reads_metadata_only(user: fx.Node, value: fx.Node) -> bool:
 
 
 def _foldable(module: nn.Module) -> Foldable | None:
-    return next((FOLDABLE[c] for c in type(module).__mro__ if c in FOLDABLE), None)
+    """How ``module`` takes BatchNorm's affine map, read from its :mod:`tropfx.layers` registration
+    (one fact in one place): a linear mixing layer (``LayerSpec(kind="mixing", linear=True)``) with
+    ``.weight`` and ``.bias``. Users register their own conv-like layers with
+    :func:`tropfx.layers.register_layer`."""
+    spec = layer_spec(module)
+    weight = getattr(module, "weight", None)
+    if spec is None or spec.kind != "mixing" or not spec.linear or not isinstance(weight, torch.Tensor):
+        return None
+    # BN normalizes dim 1: a Linear's output features (its last dim) are dim 1 only at rank 2; a
+    # convolution's output has the rank of its weight, (out, in / groups, *kernel).
+    rank = 2 if spec.axis == -1 else weight.dim()
+    return Foldable(rank=rank, transposed=spec.transposed)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,10 @@ class FuseBatchNorm(GraphPass):
 
         layer(x) -> batch_norm(·)   ⟶   layer'(x),  W' = s·W, b' = s·b + t  (tropfx.folding)
 
-    ``layer`` is any type in :data:`FOLDABLE` (Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, any
-    groups, with or without bias); the BatchNorm is ``nn.BatchNorm1d/2d/3d`` (affine or not),
-    ``F.batch_norm`` or ``torch.batch_norm`` reading stored tensors.
+    ``layer`` is any linear mixing layer registered in :mod:`tropfx.layers` (Linear, Conv1d/2d/3d,
+    ConvTranspose1d/2d/3d, any groups, with or without bias); the BatchNorm is
+    ``nn.BatchNorm1d/2d/3d`` (affine or not), ``F.batch_norm`` or ``torch.batch_norm`` reading stored
+    tensors.
 
     Preconditions; a match that fails one is left alone and reported as skipped:
 
@@ -140,7 +143,7 @@ def _plan(node: fx.Node, bn: OpMatch, gm: fx.GraphModule, calls: Counter,
     spec = _foldable(layer) if layer is not None else None
     if spec is None:
         return (f"its input is {_describe(producer, gm)}, not a foldable layer (Linear, ConvNd, "
-                "ConvTransposeNd; register others in tropfx.passes.fuse_batchnorm.FOLDABLE)")
+                "ConvTransposeNd; register others with tropfx.layers.register_layer)")
     name = producer.target
     if bn["training"]:
         return ("uses batch statistics (training mode or track_running_stats=False); "

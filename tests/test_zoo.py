@@ -116,7 +116,7 @@ def test_the_zoo_covers_what_broke():
     dense = reports["densenet_block"]["fuse_batchnorm"]
     assert {s.reason for s in dense.skipped} == {
         "its input is a concatenation (torch.cat), not a foldable layer (Linear, ConvNd, "
-        "ConvTransposeNd; register others in tropfx.passes.fuse_batchnorm.FOLDABLE)"}
+        "ConvTransposeNd; register others with tropfx.layers.register_layer)"}
     assert len(reports["regnet_names"]["fuse_batchnorm"].rewritten) == 13  # names with '-'
 
 
