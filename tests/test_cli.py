@@ -227,7 +227,7 @@ def test_wrong_checkpoint_says_what_does_not_fit(model_file, tmp_path, capsys):
     assert code == 1 and "holds no state dict" in err
 
 
-@pytest.mark.parametrize("command", ["compile", "summary", "bench", "passes", "demo"])
+@pytest.mark.parametrize("command", ["compile", "summary", "bench", "passes", "demo", "kernels"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
