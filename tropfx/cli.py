@@ -348,10 +348,9 @@ def _demo(args: argparse.Namespace) -> int:
     rows = result.compiled.report.rows
     lossy = [r.stage for r in rows].index(LOSSY_STAGE)
     before, after = rows[lossy - 1].metrics["test acc"], rows[lossy].metrics["test acc"]
-    exact = ", ".join(r.stage for r in rows if r.exact is True)
-    print(f"\nexact stages (verified, the same outputs up to rounding): {exact}\n"
-          f"lossy stage: {LOSSY_STAGE}, 50 % of the conv / linear weights pruned with no fine-tuning, "
-          f"test acc {before:.4f} -> {after:.4f}")
+    # the report's last line names the lossy stage; say what it cost on the metric that matters
+    print(f"{LOSSY_STAGE} cost: test acc {before:.4f} -> {after:.4f} (50 % of the conv / linear weights "
+          "pruned, no fine-tuning)")
     if args.json:
         with open(args.json, "w") as f:
             f.write(result.compiled.report.to_json())
