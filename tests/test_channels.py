@@ -113,7 +113,7 @@ def test_what_the_graph_cannot_follow_freezes_the_group_with_the_reason():
     assert "not produced by a layer" in groups["c"].frozen
 
 
-def test_shuffle_freezes_and_an_unknown_module_can_be_registered():
+def test_shuffle_is_followed_and_an_unknown_module_can_be_registered():
     class Scale(nn.Module):
         def forward(self, x):
             return 2 * x
@@ -137,7 +137,7 @@ def test_shuffle_freezes_and_an_unknown_module_can_be_registered():
         from tropfx.layers import LAYERS
         del LAYERS[Scale]
     _, groups = graph(CoupledNet([("conv", 4, False), ("shuffle", 2)]), 1, 2, 3, 3)
-    assert "channel shuffle" in groups["blocks.0.conv"].frozen
+    assert groups["blocks.0.conv"].frozen is None  # followed as a permutation
 
 
 def test_resize_with_the_same_rows_is_the_identity():

@@ -33,6 +33,8 @@ from torch import Tensor, fx, nn
 from tropfx.layers import FUNCTIONS, METHODS, layer_spec, sync_sizes
 from tropfx.rewrite import tensor_shape
 
+_SHUFFLES = (torch.channel_shuffle, torch.native_channel_shuffle, nn.functional.channel_shuffle)
+
 __all__ = ["ChannelGraph", "Flow", "Group", "Member", "Part", "read_rows", "resize_channels"]
 
 
@@ -46,6 +48,7 @@ class Flow:
     axis: int
     ndim: int | None
     spatial: int = 1
+    grid: Tensor | None = None  # inside a channel shuffle: the slots over dims axis, axis + 1
 
     def dim(self) -> int | None:
         if self.axis >= 0:
@@ -78,6 +81,7 @@ class Part:
 
     member: Member
     segment: int
+    shuffle: int | None = None  # it reads the group through a channel shuffle of this many groups
 
     @property
     def offset(self) -> int:
@@ -142,6 +146,7 @@ class ChannelGraph:
         self._scalars: set[fx.Node] = set()
         self._uf = UnionFind()
         self._frozen: dict[int, str] = {}
+        self._shuffles: set[int] = set()  # the group counts of the channel shuffles seen
         self._count = 0
         self._calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self._attrs = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
@@ -187,7 +192,14 @@ class ChannelGraph:
         if not ins and node.op != "call_module":
             return
         try:
-            out = self._rule(node, ins)
+            if any(isinstance(f, Flow) and f.grid is not None for _, f in ins):
+                out = self._grid(node, ins)
+            elif node.op == "call_function" and node.target in _SHUFFLES or \
+                    node.op == "call_module" and isinstance(self.modules[node.target],
+                                                            nn.ChannelShuffle):
+                out = self._shuffle(node, ins)
+            else:
+                out = self._rule(node, ins)
         except _Stop as why:
             for _, flow in ins:
                 self._freeze(flow, str(why))
@@ -474,8 +486,79 @@ class ChannelGraph:
             if literal and before[axis] > 1:
                 raise _Stop(f"{node.name} ({node.target}) hard-codes the channel count")
             return Flow(flow.slots, axis, len(after))
+        if after[:axis] == before[:axis] and after[axis + 2:] == before[axis + 1:] and \
+                flow.spatial == 1 and len(sizes) == len(after) and after[axis] > 1 and \
+                after[axis] * after[axis + 1] == before[axis]:
+            if isinstance(sizes[axis + 1], int) and sizes[axis + 1] != -1:
+                raise _Stop(f"{node.name} ({node.target}) hard-codes the channels per shuffle "
+                            "group; write it as num_channels // groups or -1")
+            if after[axis + 1] == 1:
+                raise _Stop(f"{node.name} ({node.target}) splits the channels into groups of one "
+                            "(a shuffle in as many groups as channels cannot shrink)")
+            self.kinds[node] = "shuffle"  # (N, C, ...) -> (N, g, C / g, ...): a shuffle begins
+            return Flow(flow.slots, axis, len(after), grid=flow.slots.view(after[axis], -1))
         raise _Stop(f"{node.name} ({node.target} {tuple(before)} -> {tuple(after)}) reshapes the "
-                    "channel dim (e.g. a channel shuffle); the graph does not follow it")
+                    "channel dim other than as a channel shuffle; the graph does not follow it")
+
+    def _shuffle(self, node: fx.Node, ins: list) -> Flow:
+        """``nn.ChannelShuffle(g)`` / ``torch.channel_shuffle(x, g)``: the channels permuted."""
+        flow = self._main(node, ins)
+        self._expect_channels(flow, node, "shuffles")
+        g = (self.modules[node.target].groups if node.op == "call_module" else
+             node.args[1] if len(node.args) > 1 else node.kwargs.get("groups"))
+        if not isinstance(g, int) or g < 1 or len(flow.slots) % g:
+            raise _Stop(f"{node.name} shuffles {len(flow.slots)} channels in {g} groups")
+        if g > 1 and g == len(flow.slots):  # the identity now, but not once resized
+            raise _Stop(f"{node.name} shuffles {g} channels in {g} groups (groups of one "
+                        "cannot shrink)")
+        self.kinds[node] = "shuffle"
+        self._shuffles.add(g)
+        return Flow(flow.slots.view(g, -1).t().flatten(), 1, flow.ndim)
+
+    def _grid(self, node: fx.Node, ins: list) -> Flow:
+        """Inside the view / transpose / view spelling of a channel shuffle (ShuffleNet): the
+        channels sit over two dims; only a transpose of the two and the view that merges them
+        back are followed."""
+        flow = self._main(node, ins)
+        kind = (METHODS if node.op == "call_method" else FUNCTIONS).get(node.target) \
+            if node.op != "call_module" else None
+        self.kinds[node] = "shuffle"
+        a = flow.axis
+        if kind == "passthrough":
+            return flow
+        if kind == "transpose":
+            dims = list(node.args[1:])
+            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = list(dims[0])
+            nd = flow.ndim
+            perm = list(range(nd))
+            if node.target in ("transpose", torch.transpose) and len(dims) == 2 and \
+                    all(isinstance(d, int) for d in dims):
+                x, y = dims[0] % nd, dims[1] % nd
+                perm[x], perm[y] = perm[y], perm[x]
+            elif all(isinstance(d, int) for d in dims) and len(dims) == nd:
+                perm = [d % nd for d in dims]
+            if perm == list(range(nd)):
+                return flow
+            swap = list(range(nd))
+            swap[a], swap[a + 1] = a + 1, a
+            if perm == swap:
+                return Flow(flow.slots, a, nd, grid=flow.grid.t().contiguous())
+        if kind == "view":
+            before, after = tensor_shape(node.args[0]), tensor_shape(node)
+            sizes = node.args[1:]
+            if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+                sizes = sizes[0]
+            if before is not None and after is not None and after[:a] == before[:a] and \
+                    after[a + 1:] == before[a + 2:] and after[a] == before[a] * before[a + 1]:
+                if len(sizes) > a and isinstance(sizes[a], int) and sizes[a] != -1:
+                    raise _Stop(f"{node.name} ({node.target}) hard-codes the channel count")
+                slots = flow.grid.flatten()
+                if not torch.equal(slots, flow.slots):
+                    self._shuffles.add(flow.grid.shape[1])
+                return Flow(slots, a, len(after))
+        raise _Stop(f"{node.name} ({node.target}) acts on channels split over two dims inside a "
+                    "channel shuffle; only a transpose of the two and the view back are followed")
 
     def _transpose(self, node: fx.Node, flow: Flow) -> Flow:
         nd, axis = flow.ndim, flow.dim()
@@ -556,7 +639,34 @@ class ChannelGraph:
         return groups
 
     def _segment(self, member: Member, g: Tensor, j: Tensor, groups: list[Group]) -> None:
-        """Cut a member's channel dim into runs of one group in canonical order (0..n-1)."""
+        """Cut a member's channel dim into runs of one group in canonical order (0..n-1); a
+        run that holds a whole group through a channel shuffle is one part (``Part.shuffle``)."""
+        n = len(g)
+        change = torch.ones(n, dtype=torch.bool)
+        change[1:] = g[1:] != g[:-1]
+        bounds = [*torch.nonzero(change).flatten().tolist(), n]
+        runs = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            k, size = int(g[a]), b - a
+            whole = k >= 0 and size == groups[k].size
+            runs.append(None if whole and torch.equal(j[a:b], torch.arange(size)) else next(
+                (s for s in sorted(self._shuffles) if whole and size % s == 0
+                 and torch.equal(j[a:b], _shuffled(size, s))), -1))
+        if all(r is None or r == -1 for r in runs):
+            self._plain(member, g, j, groups)
+            return
+        if any(r == -1 for r in runs):
+            for k in {int(x) for x in g.tolist() if x >= 0}:
+                groups[k].frozen = groups[k].frozen or (
+                    f"{member.node.name} reads them beside channels shuffled in an order the "
+                    "graph does not follow")
+        for a, b, shuffle in zip(bounds[:-1], bounds[1:], runs, strict=True):
+            k = int(g[a])
+            member.segments.append([k if k >= 0 else None, b - a])
+            if k >= 0:
+                groups[k].parts.append(Part(member, len(member.segments) - 1, shuffle))
+
+    def _plain(self, member: Member, g: Tensor, j: Tensor, groups: list[Group]) -> None:
         n = len(g)
         starts = torch.ones(n, dtype=torch.bool)
         starts[1:] = (g[1:] != g[:-1]) | ((g[1:] >= 0) & ((j[1:] != j[:-1] + 1) | (j[1:] == 0)))
@@ -570,13 +680,27 @@ class ChannelGraph:
             if int(j[a]) != 0 or b - a != group.size:
                 group.frozen = group.frozen or (
                     f"{member.node.name} reads only channels {int(j[a])}..{int(j[b - 1])} of its "
-                    f"{group.size} (a split, chunk or permutation cuts the group)")
+                    f"{group.size} (a split, chunk or permutation cuts the group"
+                    + ("; a channel shuffle is followed only when one group's channels go "
+                       "through it whole, not over a concat or into a chunk as in ShuffleNet v2)"
+                       if self._shuffles else ")"))
             group.parts.append(Part(member, len(member.segments) - 1))
 
     def _cells(self, group: Group) -> None:
         keys = []
         for part in group.parts:
             m = part.member
+            if part.shuffle is not None:  # g equal blocks keep it a shuffle of the new count
+                if m.role == "consumer" and m.node in {p.member.node for p in group.parts
+                                                       if p.member.role == "producer"}:
+                    group.frozen = (f"{m.node.name} reads through a channel shuffle the "
+                                    "channels it produces")
+                    return
+                if getattr(self.modules.get(m.target), "groups", 1) > 1 and m.role != "depthwise":
+                    group.frozen = (f"grouped convolution {m.target} reads the channels through "
+                                    "a channel shuffle")
+                    return
+                keys.append(torch.arange(group.size) // (group.size // part.shuffle))
             if m.role not in ("producer", "consumer") or m.node.op != "call_module":
                 continue
             module = self.modules[m.target]
@@ -630,6 +754,12 @@ class ChannelGraph:
 # ---------------------------------------------------------------------- rows of a member
 
 
+def _shuffled(n: int, groups: int) -> Tensor:
+    """``order[p]``: the channel at position ``p`` after a shuffle of ``n`` channels in
+    ``groups`` groups (``view(g, n / g)``, transpose, flatten)."""
+    return torch.arange(n).view(groups, -1).t().flatten()
+
+
 def _module(gm: fx.GraphModule, part: Part) -> nn.Module:
     return gm.get_submodule(part.member.target)
 
@@ -657,8 +787,15 @@ def read_rows(gm: fx.GraphModule, part: Part, fold: bool = False) -> Tensor:
     channel (with ``fold``, the producer's BatchNorm folded in, TropNNC §6); BatchNorm: its
     weight, bias, running mean and variance; consumers: every weight reading the channel (the
     column ``C_:,i`` of TropNNC §6, transposed); a Linear after a flatten reads ``spatial``
-    features per channel.
+    features per channel. Through a channel shuffle, the rows are put back in the group's order.
     """
+    rows = _member_rows(gm, part, fold)
+    if part.shuffle is None:
+        return rows
+    return rows[torch.argsort(_shuffled(part.size, part.shuffle))]
+
+
+def _member_rows(gm: fx.GraphModule, part: Part, fold: bool) -> Tensor:
     m = part.member
     module = _module(gm, part)
     o, n = part.offset, part.size
@@ -704,6 +841,8 @@ def _set(module: nn.Module, name: str, value: Tensor) -> None:
 
 
 def _write_rows(gm: fx.GraphModule, part: Part, rows: Tensor) -> None:
+    if part.shuffle is not None:  # the new channels, shuffled as the graph will shuffle them
+        rows = rows[_shuffled(rows.shape[0], part.shuffle)]
     m = part.member
     module = _module(gm, part)
     o, n, k = part.offset, part.size, rows.shape[0]

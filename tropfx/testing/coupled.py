@@ -14,7 +14,9 @@ Tokens:
     ("concat", wa, wb)               cat([conv1x1 -> ReLU, conv3x3 -> ReLU])
     ("depthwise", expand)            conv1x1 (x expand) -> ReLU -> depthwise 3x3 -> BN -> ReLU -> conv1x1
     ("grouped", groups, per)         conv1x1 -> ReLU -> grouped conv 3x3 -> ReLU -> conv1x1
-    ("shuffle", groups)              channel shuffle (view, transpose, view)
+    ("shuffle", groups[, spelling])  channel shuffle: "view" (view, transpose, reshape; the
+                                     default), "module" (nn.ChannelShuffle), "function"
+                                     (torch.channel_shuffle)
     ("se", hidden)                   x * sigmoid(conv1x1(ReLU(conv1x1(mean(x)))))
 """
 
@@ -62,6 +64,8 @@ class _Block(nn.Module):
             self.expand = nn.Conv2d(hidden, c, 1)
         elif kind == "shuffle":
             self.out = c
+            if len(token) > 2 and token[2] == "module":
+                self.shuffle = nn.ChannelShuffle(token[1])
         elif kind == "se":
             self.out = c
             self.fc1, self.fc2 = nn.Conv2d(c, token[1], 1), nn.Conv2d(token[1], c, 1)
@@ -83,7 +87,11 @@ class _Block(nn.Module):
             return self.expand(torch.relu(self.grouped(torch.relu(self.reduce(x)))))
         if kind == "shuffle":
             n, c, h, w = x.shape
-            g = self.token[1]
+            g, spelling = self.token[1], self.token[2] if len(self.token) > 2 else "view"
+            if spelling == "module":
+                return self.shuffle(x)
+            if spelling == "function":
+                return torch.channel_shuffle(x, g)
             return x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
         s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
         return x * s
@@ -130,7 +138,8 @@ def coupled_models() -> Any:
         st.tuples(st.just("concat"), st.integers(1, 3), st.integers(1, 3)),
         st.tuples(st.just("depthwise"), st.integers(1, 2)),
         st.tuples(st.just("grouped"), st.sampled_from([2, 3]), st.integers(1, 2)),
-        st.tuples(st.just("shuffle"), st.just(2)),
+        st.tuples(st.just("shuffle"), st.sampled_from([2, 4]),
+                  st.sampled_from(["view", "module", "function"])),
         st.tuples(st.just("se"), st.integers(1, 3)),
     )
 
