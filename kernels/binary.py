@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tropfx.errors import InputError
 from tropfx.kernels import ops as K
 from tropfx.measure import register_cost
-from tropfx.nn.binary import BinaryLinear, BinaryMorphology2d, ThresholdedConv2d
+from tropfx.nn.binary import BinaryLinear, BinaryMorphology2d, ThresholdedConv2d, _dims, skeleton
 from tropfx.serialize import register_serializable
 from tropfx.tracing import register_leaf
 
@@ -161,12 +161,33 @@ def _packed_cost(layer: PackedBinaryConv2d, args: tuple, kwargs: dict, out: Tens
     return {"bitops": out.shape[0] * out.shape[1] * out.shape[2] * bits, "macs": 0}
 
 
+def _packed_skeleton(shape: tuple[int, int, int, int], pads: tuple[int, int, int, int],
+                     kind: str, planes: tuple[int, int] | None = None) -> PackedBinaryConv2d:
+    """The layer's structure from its config, on the meta device and without reading a value
+    (:func:`tropfx.nn.binary.skeleton`); ``tropfx.load`` replaces the tensors with the saved ones.
+    ``planes``: the bit-plane counts of ``weight_pos`` / ``weight_neg`` (they depend on the
+    weights' values); files written before it was saved leave those two unchecked."""
+    o, c, kh, kw = _dims("PackedBinaryConv2d", shape, 4)
+    pads = _dims("PackedBinaryConv2d", pads, 4)
+    if kind not in ("feature_map", "features"):
+        raise InputError(f"PackedBinaryConv2d: kind must be 'feature_map' or 'features', got {kind!r}")
+    buffers = {"threshold": ((o,), torch.int64)}
+    if planes is not None:
+        pos, neg = _dims("PackedBinaryConv2d", planes, 2)
+        buffers["weight_pos"] = ((o, kh, kw, pos, -(-c // 64)), torch.uint64)
+        buffers["weight_neg"] = ((o, kh, kw, neg, -(-c // 64)), torch.uint64)
+    m = skeleton(PackedBinaryConv2d, {}, buffers, out_channels=o, in_channels=c,
+                 kernel_size=(kh, kw), pads=pads, kind=kind)
+    if planes is None:
+        m.register_buffer("weight_pos", None)
+        m.register_buffer("weight_neg", None)
+    return m
+
+
 register_serializable(
     PackedBinaryConv2d,
     config=lambda m: {"shape": (m.out_channels, m.in_channels, *m.kernel_size), "pads": m.pads,
-                      "kind": m.kind},
-    build=lambda shape, pads, kind: PackedBinaryConv2d(torch.zeros(shape, dtype=torch.int64),
-                                                       torch.zeros(shape[0], dtype=torch.int64),
-                                                       tuple(pads), kind))
+                      "kind": m.kind, "planes": (m.weight_pos.shape[3], m.weight_neg.shape[3])},
+    build=_packed_skeleton)
 for _fn in (pack_feature_map, unpack_feature_map, pack_features, unpack_features):
     register_serializable(_fn)

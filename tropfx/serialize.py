@@ -40,6 +40,8 @@ import torch
 from torch import fx, nn
 from torch.fx.graph_module import _USER_PRESERVED_ATTRIBUTES_KEY as _PRESERVED
 from torch.fx.passes.shape_prop import TensorMetadata
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tropfx import serialize_gate as gate
 from tropfx.pass_base import Skip
@@ -145,15 +147,82 @@ def _extra_attrs(module: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in vars(module).items() if k not in _INTERNAL}
 
 
-def _build(entry: gate.ModuleEntry, config: dict[str, Any]) -> nn.Module:
-    """``entry.build(**config)`` on the meta device if it works there, else on the CPU; never
-    touching the caller's random state."""
+class _AllocationCap(TorchDispatchMode):
+    """Refuses, before it runs, any torch operation that would take the build past ``limit``
+    bytes of new tensors: a constructor that cannot run on the meta device is run on the CPU
+    from the file's config, and a tampered config (a huge shape) must not allocate first.
+
+    Each operation is run on the meta device first (its outputs' sizes, no memory); one that
+    cannot (``.item()``, data-dependent shapes) is bounded by its inputs' and size arguments'
+    product instead."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        super().__init__()
+        self.limit, self.what, self.used = limit, what, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        need = self._bytes(func, args, kwargs)
+        if self.used + need > self.limit:
+            raise SerializationError(
+                f"{self.what}: building it from the file's config would allocate at least "
+                f"{self.used + need:,} bytes ({func}), more than max_bytes={self.limit:,}; the "
+                "config does not match the saved tensors (a tampered file?) or, if you trust "
+                "it, raise max_bytes")
+        self.used += need
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _bytes(func: Any, args: tuple, kwargs: dict) -> int:
+        def meta(x: Any) -> Any:
+            return x.to("meta") if isinstance(x, torch.Tensor) else x
+
+        # Factory functions (zeros, ones, arange ...) take no tensor: their device goes to meta.
+        kwargs = {**pytree.tree_map(meta, kwargs), **({"device": torch.device("meta")}
+                                                      if "device" in kwargs else {})}
+        try:
+            out = func(*pytree.tree_map(meta, args), **kwargs)
+            return sum(t.numel() * t.element_size() for t in pytree.tree_leaves(out)
+                       if isinstance(t, torch.Tensor))
+        except Exception:  # noqa: BLE001 - no meta kernel, or a data-dependent shape: bound it
+            bound = max([1] + [t.numel() for t in pytree.tree_leaves((args, kwargs))
+                               if isinstance(t, torch.Tensor)])
+            for x in pytree.tree_leaves((args, kwargs)):
+                if type(x) is int and x > 1:
+                    bound *= x
+            return bound * 16  # the widest element (complex128)
+
+
+def _build(entry: gate.ModuleEntry, config: dict[str, Any], max_bytes: int | None = None,
+           what: str = "") -> nn.Module:
+    """``entry.build(**config)`` on the meta device if it works there, else on the CPU (within
+    ``max_bytes`` of new tensors when given: :class:`_AllocationCap`); never touching the
+    caller's random state."""
     with torch.random.fork_rng(devices=[]):
         try:
             with torch.device("meta"):
                 return entry.build(**config)
         except Exception:  # noqa: BLE001 - a constructor that needs real tensors: build on CPU
-            return entry.build(**config)
+            if max_bytes is None:
+                return entry.build(**config)
+            with _AllocationCap(max_bytes, what):
+                return entry.build(**config)
+
+
+def _shape_mismatch(built: nn.Module, tensors: dict[str, Any]) -> str | None:
+    """The first tensor of ``tensors`` whose shape differs from the one that ``built`` (a module
+    made from its config, on the meta device or the CPU) has under that name, described; None
+    if all agree.
+    A config must describe the saved tensors: a file whose config names a huge ``shape`` and
+    whose records are small is refused, not half-believed."""
+    for key, t in tensors.items():
+        made = built._parameters.get(key, built._buffers.get(key))
+        if isinstance(made, torch.Tensor) and isinstance(t, torch.Tensor) \
+                and made.shape != t.shape:
+            return (f"its config implies {key!r} of shape {list(made.shape)}, but the tensor "
+                    f"has shape {list(t.shape)}")
+    return None
 
 
 def _attr_name_ok(cls: type, name: Any) -> bool:
@@ -391,6 +460,9 @@ class _Saver:
         if type(rebuilt) is not type(m):
             raise SerializationError(f"cannot save {what}: its build gives a "
                                      f"{type(rebuilt).__name__}; {hint}")
+        mismatch = _shape_mismatch(rebuilt, {**m._parameters, **m._buffers})
+        if mismatch:
+            raise SerializationError(f"cannot save {what}: {mismatch}; {hint}")
         missing = sorted(set(_extra_attrs(rebuilt)) - set(attrs))
         if missing:
             raise SerializationError(f"cannot save {what}: the rebuilt module has attributes "
@@ -490,8 +562,8 @@ def save(module: nn.Module, f: PathOrFile) -> None:
 
 
 class _Loader:
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
+    def __init__(self, tensors: dict[str, torch.Tensor], max_bytes: int | None = None) -> None:
+        self.tensors, self.max_bytes = tensors, max_bytes
         self.params: dict[str, nn.Parameter] = {}
         self.done: dict[str, nn.Module] = {}  # complete modules: what an alias may name
 
@@ -541,7 +613,9 @@ class _Loader:
         for key in config:
             gate.check_identifier(key, "constructor argument", where)
         try:
-            m = _build(entry, config)
+            m = _build(entry, config, self.max_bytes, where)
+        except SerializationError:
+            raise
         except Exception as exc:
             raise SerializationError(f"{where}: {entry.name}(**{config!r:.200}) raised "
                                      f"{type(exc).__name__}: {exc}") from exc
@@ -572,10 +646,14 @@ class _Loader:
                 len({*params, *buffers, *children}):
             raise SerializationError(f"{where}: the names {sorted(taken)!r:.120} are taken twice "
                                      "or are attributes of the module")
-        m._parameters = {k: None if spec is None else self.param(spec, where)
-                         for k, spec in params.items()}
-        m._buffers = {k: None if key is None else self.tensor(key, where)
-                      for k, key in buffers.items()}
+        saved_params = {k: None if spec is None else self.param(spec, where)
+                        for k, spec in params.items()}
+        saved_buffers = {k: None if key is None else self.tensor(key, where)
+                         for k, key in buffers.items()}
+        mismatch = _shape_mismatch(m, {**saved_params, **saved_buffers})
+        if mismatch:
+            raise SerializationError(f"{where}: {mismatch} (a tampered file?)")
+        m._parameters, m._buffers = saved_params, saved_buffers
         m._non_persistent_buffers_set = {k for k in non_persistent if k in buffers}
         m._modules = {}
         for k, child in children.items():
@@ -729,7 +807,7 @@ def load(f: PathOrFile, *, map_location: Any = "cpu", max_bytes: int | None = No
         declared = recipe.get("tensors") if blob["version"] >= 2 else None
         gate.check_tensors(blob["tensors"], declared, name)
         try:
-            return _Loader(blob["tensors"]).module(recipe["root"], "")
+            return _Loader(blob["tensors"], limit).module(recipe["root"], "")
         except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
             if isinstance(exc, SerializationError):
                 raise

@@ -365,22 +365,85 @@ BINARY_LAYERS: tuple[type[nn.Module], ...] = (BinaryMorphology2d, ThresholdedCon
 register_leaf(*BINARY_LAYERS)
 
 
-# --- saving: constructors need valid tensors; tropfx.load replaces them with the saved ones --------
+# --- saving: tropfx.load builds each layer from its config and then replaces every tensor and
+# attribute with the saved ones. The constructors above check values (``.item()``, ``.all()``),
+# which the meta device cannot do, so the builds below make a skeleton instead: the structure
+# (parameter / buffer names, the attributes that depend only on shapes) with meta tensors of the
+# shapes the config names. Nothing is allocated and no value is read, whatever the config says: a
+# file with a tampered ``shape`` cannot make ``load`` allocate it (docs/serialization.md).
+
+
+def _dims(name: str, shape: object, n: int) -> tuple[int, ...]:
+    if not (isinstance(shape, (tuple, list)) and len(shape) == n
+            and all(type(d) is int and d >= 0 for d in shape)):
+        raise InputError(f"{name}: shape must be {n} non-negative ints, got {shape!r:.80}")
+    return tuple(shape)
+
+
+def skeleton(cls: type[nn.Module], params: dict[str, tuple], buffers: dict[str, tuple],
+             **attrs: object) -> nn.Module:
+    """An instance of ``cls`` without running its constructor: meta parameters / buffers named
+    ``{name: (shape, dtype)}`` and plain ``attrs``; for ``tropfx.load``, which fills in the rest."""
+    m = cls.__new__(cls)
+    nn.Module.__init__(m)
+    for key, (shape, dtype) in params.items():
+        m.register_parameter(key, nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"),
+                                               requires_grad=False))
+    for key, (shape, dtype) in buffers.items():
+        m.register_buffer(key, torch.empty(shape, dtype=dtype, device="meta"))
+    m.__dict__.update(attrs)
+    return m
+
+
+def _morphology_skeleton(channels: int, kernel_size: tuple[int, int],
+                         padding: str | int | tuple[int, int]) -> BinaryMorphology2d:
+    name = BinaryMorphology2d.__name__
+    (c,) = _dims(name, (channels,), 1)
+    kernel = _dims(name, kernel_size, 2)
+    padding, pads = _padding(name, padding, kernel)
+    return skeleton(BinaryMorphology2d, {"se": ((c, *kernel), torch.bool)},
+                    {"erosion": ((c,), torch.bool), "complement": ((c,), torch.bool)},
+                    channels=c, kernel_size=kernel, padding=padding, _pads=pads,
+                    _warned_non_binary=False)
+
+
+def _thresholded_skeleton(cls: type[_Thresholded], shape: tuple[int, ...]) -> _Thresholded:
+    shape = _dims(cls.__name__, shape, 4 if cls is ThresholdedConv2d else 2)
+    return skeleton(cls, {"weight": (shape, torch.int8)},
+                    {"threshold": ((shape[0],), torch.int32), "complement": ((shape[0],), torch.bool)},
+                    sum_dtype=torch.float32, _warned_non_binary=False)
+
+
+def _conv_skeleton(shape: tuple[int, int, int, int], groups: int,
+                   padding: str | int | tuple[int, int]) -> ThresholdedConv2d:
+    m = _thresholded_skeleton(ThresholdedConv2d, shape)
+    o, i, kh, kw = m.weight.shape
+    if not isinstance(groups, int) or groups < 1 or o % groups:
+        raise InputError(f"ThresholdedConv2d: groups={groups!r} must be a positive int dividing "
+                         f"out_channels={o}")
+    m.out_channels, m.groups, m.in_channels, m.kernel_size = o, groups, i * groups, (kh, kw)
+    m.padding, m._pads = _padding(ThresholdedConv2d.__name__, padding, (kh, kw))
+    return m
+
+
+def _linear_skeleton(shape: tuple[int, int]) -> BinaryLinear:
+    m = _thresholded_skeleton(BinaryLinear, shape)
+    m.out_features, m.in_features = m.weight.shape
+    return m
+
 
 register_serializable(
     BinaryMorphology2d,
     config=lambda m: {"channels": m.channels, "kernel_size": m.kernel_size, "padding": m.padding},
-    build=lambda channels, kernel_size, padding: BinaryMorphology2d(
-        torch.ones(channels, *kernel_size, dtype=torch.bool), padding=padding))
+    build=_morphology_skeleton)
 register_serializable(
     ThresholdedConv2d,
     config=lambda m: {"shape": tuple(m.weight.shape), "groups": m.groups, "padding": m.padding},
-    build=lambda shape, groups, padding: ThresholdedConv2d(
-        torch.zeros(shape, dtype=torch.int8), 0, groups=groups, padding=padding))
+    build=_conv_skeleton)
 register_serializable(
     BinaryLinear,
     config=lambda m: {"shape": tuple(m.weight.shape)},
-    build=lambda shape: BinaryLinear(torch.zeros(shape, dtype=torch.int8), 0))
+    build=_linear_skeleton)
 
 
 # --- costs ----------------------------------------------------------------------------------------
