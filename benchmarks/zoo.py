@@ -22,14 +22,13 @@ import statistics
 import sys
 import time
 import types
-from collections import Counter
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import tropfx
 from tropfx import passes as tp
+from tropfx.testing.candidates import exact_pass_candidates
 from tropfx.testing.models import randomize_batchnorm_stats
 
 TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "squeezenet1_1", "densenet121",
@@ -57,51 +56,6 @@ def load_zoos() -> tuple[types.ModuleType | None, types.ModuleType | None, list[
             zoos.append(None)
             notes.append(f"{name} not available ({type(exc).__name__}: {exc}); its models skipped")
     return zoos[0], zoos[1], notes
-
-
-_NOT_ELEMENTWISE = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.MultiheadAttention)
-_ACT_FUNCTIONS = {getattr(F, n) for n in (
-    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "elu", "selu", "celu", "gelu", "silu", "mish",
-    "hardswish", "hardsigmoid", "leaky_relu", "softplus", "sigmoid", "tanh", "logsigmoid", "threshold",
-    "prelu", "rrelu", "glu")} | {torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip,
-                                 torch.clamp_min, torch.clamp_max}
-_ACT_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip",
-                "clamp_min", "clamp_max"}
-_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                 nn.AdaptiveMaxPool3d)
-_POOL_FUNCTIONS = {getattr(F, f"{k}max_pool{d}d{t}") for k in ("", "adaptive_") for d in (1, 2, 3)
-                   for t in ("", "_with_indices")}
-
-
-def _spatial_max(n) -> bool:
-    """amax / max over a spatial dim of an (N, C, L) or (N, C, H, W) tensor (shapes needed)."""
-    if n.target not in (torch.amax, torch.max, "amax", "max") or n.op not in ("call_function",
-                                                                              "call_method"):
-        return False
-    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-    dims = (dims,) if isinstance(dims, int) else dims
-    meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], torch.fx.Node) else None
-    if not isinstance(dims, (tuple, list)) or not dims or meta is None or len(meta.shape) not in (3, 4):
-        return False
-    return all(isinstance(d, int) for d in dims) and any(d % len(meta.shape) >= 2 for d in dims)
-
-
-def candidates(gm: torch.fx.GraphModule) -> Counter:
-    """Nodes each pass should look at, recognized by module type and torch function name."""
-    found: Counter = Counter()
-    for n in gm.graph.nodes:
-        m = gm.get_submodule(n.target) if n.op == "call_module" else None
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or n.target in (F.batch_norm, torch.batch_norm):
-            found["fuse_batchnorm"] += 1
-        elif (m is not None and type(m).__module__ == "torch.nn.modules.activation"
-              and not isinstance(m, _NOT_ELEMENTWISE)) \
-                or (n.op == "call_function" and n.target in _ACT_FUNCTIONS) \
-                or (n.op == "call_method" and n.target in _ACT_METHODS):
-            found["relu_to_maxplus"] += 1
-        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS) \
-                or _spatial_max(n):
-            found["maxpool_to_dilation"] += 1
-    return found
 
 
 def build(zoo: str, name: str, tv, timm) -> tuple[nn.Module, torch.Tensor]:
@@ -135,7 +89,7 @@ def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
 def run_model(zoo: str, name: str, tv, timm, repeats: int, export: bool) -> dict:
     model, x = build(zoo, name, tv, timm)
     row = {"model": f"{zoo}:{name}"}
-    expected = candidates(tropfx.compile(model, [], example_inputs=(x,)))
+    expected = exact_pass_candidates(tropfx.compile(model, [], example_inputs=(x,)))
     t0 = time.perf_counter()
     cm = tropfx.compile(model, [p() for p in PASSES], example_inputs=(x,))
     row["compile_s"] = time.perf_counter() - t0

@@ -5,69 +5,23 @@ types and function names), not with tropfx.ops, so that a spelling the passes mi
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import fx, nn
+from torch import nn
 
 import tropfx
 from tropfx import passes as tp
 from tropfx.testing import state_checksum
+from tropfx.testing.candidates import exact_pass_candidates
 from tropfx.testing.models import ZOO
 
 EXACT = [tp.fuse_batchnorm, tp.relu_to_maxplus, tp.maxpool_to_dilation]
 BITWISE_PASSES = {"relu_to_maxplus", "maxpool_to_dilation"}
 
-_NOT_ELEMENTWISE = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.MultiheadAttention)
-_ACTIVATION_FUNCTIONS = {
-    getattr(F, name) for name in (
-        "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "elu", "selu", "celu", "gelu", "silu",
-        "mish", "hardswish", "hardsigmoid", "leaky_relu", "softplus", "sigmoid", "tanh",
-        "logsigmoid", "threshold", "prelu", "rrelu", "glu", "softsign", "tanhshrink")
-} | {torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max}
-_ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_",
-                       "clip", "clamp_min", "clamp_max"}
-_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_POOL_FUNCTIONS = {getattr(F, f"{kind}max_pool{nd}d{tail}") for kind in ("", "adaptive_")
-                   for nd in (1, 2, 3) for tail in ("", "_with_indices")}
-
-
-def _spatial_max(n) -> bool:
-    """amax / max over a spatial dim of an (N, C, L) or (N, C, H, W) tensor (shapes needed)."""
-    if n.target not in (torch.amax, torch.max, "amax", "max") or n.op not in ("call_function",
-                                                                              "call_method"):
-        return False
-    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
-    dims = (dims,) if isinstance(dims, int) else dims
-    meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], torch.fx.Node) else None
-    if not isinstance(dims, (tuple, list)) or not dims or meta is None or len(meta.shape) not in (3, 4):
-        return False
-    return all(isinstance(d, int) for d in dims) and any(d % len(meta.shape) >= 2 for d in dims)
-
-
-def candidates(gm: fx.GraphModule) -> dict[str, int]:
-    """What each pass should look at in ``gm``, counted by module type and function name."""
-    found = {"fuse_batchnorm": 0, "relu_to_maxplus": 0, "maxpool_to_dilation": 0}
-    for n in gm.graph.nodes:
-        m = gm.get_submodule(n.target) if n.op == "call_module" else None
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or n.target in (F.batch_norm, torch.batch_norm):
-            found["fuse_batchnorm"] += 1
-        elif (m is not None and type(m).__module__ == "torch.nn.modules.activation"
-              and not isinstance(m, _NOT_ELEMENTWISE)) \
-                or (n.op == "call_function" and n.target in _ACTIVATION_FUNCTIONS) \
-                or (n.op == "call_method" and n.target in _ACTIVATION_METHODS):
-            found["relu_to_maxplus"] += 1
-        elif isinstance(m, _POOL_MODULES) or (n.op == "call_function" and n.target in _POOL_FUNCTIONS) \
-                or _spatial_max(n):
-            found["maxpool_to_dilation"] += 1
-    return found
-
-
 def check_model(model: nn.Module, inputs: tuple) -> tropfx.report.Report:
     before = state_checksum(model)
     traced = tropfx.compile(model, [], example_inputs=inputs)  # shapes: spatial dims of amax
-    expected = candidates(traced)
+    expected = exact_pass_candidates(traced)
     cm = tropfx.compile(model, [p() for p in EXACT], example_inputs=inputs)
     for row in cm.report.rows[1:]:
         # complete reporting: every candidate rewritten or listed, each listing with a reason
