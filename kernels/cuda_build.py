@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 from tropfx.kernels import _build
 
 __all__ = ["CUDA_DIR", "build_directory", "build_emulation", "cuda_cflags", "cuda_sources",
-           "emulation_directory", "load_cuda", "status"]
+           "emulation_directory", "find_nvcc", "load_cuda", "status"]
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 EXTENSION_NAME = "tropfx_cuda"
@@ -55,6 +56,16 @@ def _all_files() -> list[Path]:
     csrc = CUDA_DIR.parent / "csrc"
     return [p for p in (*CUDA_DIR.rglob("*"), *csrc.glob("*.h"))
             if p.suffix in (".cu", ".cuh", ".h", ".cpp")]
+
+
+def find_nvcc() -> str | None:
+    """An executable nvcc: ``$NVCC``, then ``PATH``, ``$CUDA_HOME`` / ``$CUDA_PATH``, and
+    ``/usr/local/cuda``; ``None`` when there is none (compile checks are then skipped)."""
+    candidates = [os.environ.get("NVCC"), shutil.which("nvcc")]
+    candidates += [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH")
+                   if os.environ.get(v)]
+    candidates.append("/usr/local/cuda/bin/nvcc")
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
 def _nvcc() -> str:

@@ -18,21 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from tropfx.kernels.cuda_build import find_nvcc
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "kernels" / "cuda"
 ARCHS = ("80", "90")  # Ampere and Hopper: the targets of the tuning; sm_80 is the oldest
 KERNELS = sorted(CUDA_DIR.glob("*.cu"))
 
 
-def _find_nvcc() -> str | None:
-    candidates = [os.environ.get("NVCC"), shutil.which("nvcc")]
-    candidates += [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH")
-                   if os.environ.get(v)]
-    candidates.append("/usr/local/cuda/bin/nvcc")
-    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
-
-
-NVCC = _find_nvcc()
+NVCC = find_nvcc()
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (set NVCC or CUDA_HOME); the CUDA "

@@ -23,23 +23,18 @@ from pathlib import Path
 
 import pytest
 
+from tropfx.kernels._build import NVCC_FP_FLAGS
+from tropfx.kernels.cuda_build import find_nvcc
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "kernels" / "cuda"
 ARCHS = ("80", "90")
 KERNELS = sorted(CUDA_DIR.glob("*.cu"))
 # The flags of the real build that shape code generation (cuda_build.load_cuda: -O3, no fast math).
-FLAGS = ["-std=c++17", "-O3", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"]
+FLAGS = ["-std=c++17", "-O3", *NVCC_FP_FLAGS]
 
 
-def _find_nvcc() -> str | None:
-    candidates = [os.environ.get("NVCC"), shutil.which("nvcc")]
-    candidates += [os.path.join(os.environ[v], "bin", "nvcc") for v in ("CUDA_HOME", "CUDA_PATH")
-                   if os.environ.get(v)]
-    candidates.append("/usr/local/cuda/bin/nvcc")
-    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
-
-
-NVCC = _find_nvcc()
+NVCC = find_nvcc()
 
 
 @dataclass
