@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tropfx
-from tropfx import bise_math
+from tests.test_binarize_bise import make_activated  # random activated neurons, complemented at random
 from tropfx import passes as tp
 from tropfx.nn import LUI, BiSE, BiSEL, DenseLUI
 from tropfx.nn.binary import NonBinaryInputWarning
-from tropfx.nn.bise import BiSEModule, smooth_threshold
+from tropfx.nn.bise import smooth_threshold
 from tropfx.passes.binarize_bise import count_threshold
 
 IDENTITY = {"weight_reparam": "identity", "bias_reparam": "identity"}
@@ -29,29 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even k
 def all_images(h, w):
     bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=h * w)))
     return bits.view(-1, 1, h, w)
-
-
-def make_activated(model, seed):
-    """Every BiSE neuron of ``model`` a random dilation or erosion with a margin (as a trained one)."""
-    g = torch.Generator().manual_seed(seed)
-    for layer in model.modules():
-        if not isinstance(layer, BiSEModule):
-            continue
-        n, fan = layer.omega.shape[0], layer.fan
-        se = torch.rand(n, fan, generator=g) < 0.5
-        se[torch.arange(n), torch.randint(fan, (n,), generator=g)] = True
-        erosion = torch.rand(n, generator=g) < 0.5
-        w = se.double() + ~se * torch.rand(n, fan, generator=g, dtype=torch.float64) / (16 * fan)
-        bounds = bise_math.bise_bounds(w, torch.zeros(n, dtype=torch.float64), se, delta=0.01)
-        low = torch.where(erosion, bounds.lower_erosion, bounds.lower_dilation)
-        up = torch.where(erosion, bounds.upper_erosion, bounds.upper_dilation)
-        p = (20 + 20 * torch.rand(n, generator=g, dtype=torch.float64)) \
-            * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-        with torch.no_grad():
-            layer.omega.copy_(w.view_as(layer.omega))
-            layer.beta.copy_((low + up) / 2)
-            layer.scale.copy_(p)
-    return model
 
 
 def assert_fully_binarized(cm, model, x):
