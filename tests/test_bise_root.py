@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tropfx
-from tests.test_binarize_bise import make_activated  # random activated neurons, complemented at random
+from test_binarize_bise import make_activated  # random activated neurons, complemented at random
 from tropfx import passes as tp
 from tropfx.nn import LUI, BiSE, BiSEL, DenseLUI
 from tropfx.nn.binary import NonBinaryInputWarning

@@ -113,7 +113,7 @@ def test_1d_is_the_2d_reference_with_a_height_1_kernel(erode):
 
 def test_memory_is_of_the_order_of_the_output():
     """No x + w window tensor: the largest intermediate is the (padded) input or the output."""
-    from tests.test_morphology import _Allocations
+    from test_morphology import _Allocations
 
     x = torch.randn(2, 8, 20, 20, requires_grad=True)
     w = torch.randn(8, 5, 5, requires_grad=True)
