@@ -444,3 +444,37 @@ def test_a_pass_that_carries_the_hooks_over_to_a_replacement_is_fine():
 
     cm = tropfx.compile(model, [swap_relu], example_inputs=(X,))
     torch.testing.assert_close(cm(X), model(X))
+
+
+def test_the_models_own_hooks_are_carried_over_to_the_compiled_module():
+    """Tracing calls forward directly, so the root's hooks were not in the graph: they are carried
+    over, also through a pass that returns a new GraphModule."""
+    model = small_net()
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: (args[0] * 0.5,))
+    model.register_forward_hook(lambda m, i, o: o + 3)
+    grads = []
+    model.register_full_backward_hook(lambda m, gin, gout: grads.append(gout[0].clone()))
+    model.register_forward_hook(lambda m, args, kwargs, o: calls.append(kwargs) or None,
+                                with_kwargs=True)
+
+    @tropfx.graph_pass("rebuild", exact=True)
+    def rebuild(gm):  # a new GraphModule object, as a pass that rebuilds its graph returns
+        return tropfx.PassResult(fx.GraphModule(gm, copy.deepcopy(gm.graph)), True)
+
+    cm = tropfx.compile(model, [tp.fuse_batchnorm(), rebuild], example_inputs=(X,))
+    calls.clear()
+    x = X.clone().requires_grad_()
+    y = cm(x)
+    torch.testing.assert_close(y, model(X))
+    assert len(calls) == 2  # the compiled call and the model's
+    y.sum().backward()
+    assert len(grads) == 1 and torch.equal(grads[0], torch.ones_like(y))
+
+
+def test_the_models_own_hooks_are_verified_with_it():
+    """A root hook that changes the output is part of the model: tracing verifies with it."""
+    model = small_net()
+    model.register_forward_hook(lambda m, i, o: o * 100)
+    cm = tropfx.compile(model, [], example_inputs=(X,), verify=True)
+    torch.testing.assert_close(cm(X), model(X))

@@ -60,3 +60,5 @@ def carry_hooks(source: nn.Module, target: nn.Module) -> None:
         table = getattr(source, attr, None)
         if table:
             getattr(target, attr).update(table)
+    if source._backward_hooks:  # register_full_backward_hook's hooks must stay full-hook style
+        target._is_full_backward_hook = source._is_full_backward_hook

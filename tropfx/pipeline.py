@@ -16,6 +16,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_flatten
 
 from tropfx.errors import InputError, PassError, VerificationError
+from tropfx.hooks import carry_hooks
 from tropfx.measure import (
     clone_inputs,
     count_active_params,
@@ -73,7 +74,10 @@ def compile(  # noqa: A001 - the public name is tropfx.compile, like torch.compi
 
     The global random number generators (CPU and CUDA) are left as they were: whatever the
     passes draw comes from a forked state. Submodules with forward / backward hooks are kept as
-    leaves; a pass that removes or replaces such a module fails with a :class:`PassError`.
+    leaves; a pass that removes or replaces such a module fails with a :class:`PassError`. The
+    model's own hooks (forward, forward-pre, backward) are carried over to the compiled module,
+    which takes the same inputs and returns the model's outputs; they receive the compiled module
+    as their module argument, and they run whenever compile runs a stage on the example inputs.
     """
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
@@ -111,14 +115,15 @@ def _compile(model: nn.Module, passes: Sequence[Pass], example_inputs: Any, veri
     hooked = [path for path, m in work.named_modules() if path and _hook_kinds(m)]
     gm, leaves = trace(work, leaf_modules=[*leaf_modules, *hooked], concrete_args=concrete_args)
     gm.training = model.training
+    carry_hooks(work, gm)  # tracing calls work.forward, so the root's own hooks are not in the graph
     report = Report(model=type(model).__name__, leaves=leaves,
                     inputs=describe_inputs(inputs) if inputs is not None else "")
     row = StageRow("traced", exact=None, modified=False,
                    seconds=time.perf_counter() - start)
     reference = _measure_stage(gm, row, inputs, evaluate)
     if verify:  # tracing is a rewrite too: it can freeze Python-level behaviour of forward
-        with eval_mode(work):
-            eager = work(*clone_inputs(inputs))
+        with eval_mode(work):  # forward, not __call__: the stages run the graph, without the
+            eager = work.forward(*clone_inputs(inputs))  # root hooks (carried over unchanged)
         _verify(_TRACING, eager, reference, row, [])
         why = _inconclusive(gm, inputs, reference)
         if why:
@@ -135,6 +140,7 @@ def _compile(model: nn.Module, passes: Sequence[Pass], example_inputs: Any, veri
         t0 = time.perf_counter()
         result = _run_pass(p, info, gm, done)
         gm = result.graph_module
+        carry_hooks(work, gm)  # a pass may return a new GraphModule; keyed by handle, so idempotent
         row = StageRow(info.name, info.exact, result.modified, result.stats.rewritten,
                        result.stats.skipped, info=result.stats.info,
                        seconds=time.perf_counter() - t0)
