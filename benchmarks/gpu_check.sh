@@ -61,7 +61,9 @@ if [ "$HAVE_GPU" = 1 ]; then
   step probe 10 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
   export MAX_JOBS=${MAX_JOBS:-16}
   step build 170 "$PY" -m tropfx kernels build --cuda
-  step tests 90 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_kernels.py tests/test_kernel_indices.py
+  # CUDA kernels, index checks, and fp16 / bf16 autocast on the GPU (-k cuda: the CPU cases run in CI)
+  step tests 90 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_kernels.py tests/test_kernel_indices.py \
+    tests/test_autocast.py -k "cuda or not autocast"
   SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   if [ -x "$SANITIZER" ]; then
     for tool_budget in memcheck:50 racecheck:50 synccheck:30; do

@@ -1,5 +1,6 @@
 """torch.autocast: max-plus and morphological layers compute in float32 (their policy), lowered or
-not, and a lowered model trains under bf16 autocast exactly as the unlowered one does."""
+not, and a lowered model trains under bf16 autocast exactly as the unlowered one does. The CPU
+(bf16) cases always run; the CUDA ones (fp16, bf16) need a GPU (benchmarks/gpu_check.sh runs them)."""
 
 import pytest
 import torch
@@ -12,11 +13,36 @@ from tropfx import passes as tp
 from tropfx.nn import MaxPlus, MinPlus, SparseMaxPlus, SparseMinPlus
 from tropfx.nn.morphology import Dilation2d, Erosion1d
 
+# (device, autocast dtype): what docs/training.md promises
+MODES = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16"),
+         pytest.param("cuda", torch.float16, id="cuda-fp16"),
+         pytest.param("cuda", torch.bfloat16, id="cuda-bf16")]
+OPS = ("maxplus", "sparse_maxplus", "dilation2d", "erosion2d")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def kernels():
     if not K.load():
         pytest.skip(f"C++ kernels unavailable: {K.build_info()['error']}")
+
+
+def on(device: str):
+    """Skip a CUDA case without a GPU or without the CUDA kernels."""
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        from tropfx.kernels.cuda_build import load_cuda
+        if not load_cuda():
+            pytest.fail("a GPU is visible but the CUDA kernels did not build or load")
+    return torch.device(device)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("key", ["AutocastCPU", "AutocastCUDA"])
+def test_every_op_has_the_float32_autocast_policy_registered(op, key):
+    """Checked without a GPU too: a missing CUDA registration would cast nothing on a GPU and fail
+    there with 'x is Half'."""
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tropfx::{op}", key)
 
 
 def net():
@@ -31,21 +57,27 @@ def pipeline(lower: bool):
     return passes + [tp.lower_kernels()] if lower else passes
 
 
-def test_layers_compute_in_float32_under_bf16_autocast():
-    x = torch.randn(2, 3, 6, 6).bfloat16()
+@pytest.mark.parametrize("device,dtype", MODES)
+def test_layers_compute_in_float32_under_autocast(device, dtype):
+    device = on(device)
+    x = torch.randn(2, 3, 6, 6).to(device, dtype)
     layers = [(Dilation2d(3, kernel_size=2), x), (Erosion1d(3, 2, kernel_size=2), x[..., 0]),
               (MaxPlus(6, 4), x[:, 0]), (MinPlus(6, 4), x[:, 0]), (SparseMaxPlus(6, 4, k=2), x[:, 0]),
               (SparseMinPlus(3, 3, k=1, dim=1), x)]
     for layer, inp in layers:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer = layer.to(device)
+        lowered_layer = tropfx.compile(layer, [tp.lower_kernels()])
+        with torch.autocast(device.type, dtype=dtype):
             y = layer(inp)
-            lowered = tropfx.compile(layer, [tp.lower_kernels()])(inp)
+            lowered = lowered_layer(inp)
         assert y.dtype == torch.float32 and torch.equal(lowered, y), type(layer).__name__
-        assert torch.equal(y, layer(inp.float()))  # the float32 computation of the bf16 input
+        assert torch.equal(y, layer(inp.float()))  # the float32 computation of the low-precision input
 
 
-def test_a_lowered_model_trains_under_bf16_autocast_like_the_unlowered_one():
+@pytest.mark.parametrize("device,dtype", MODES)
+def test_a_lowered_model_trains_under_autocast_like_the_unlowered_one(device, dtype):
     """Failed before: tropfx::sparse_maxplus: x is BFloat16."""
+    device = on(device)
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 1, 12, 12, generator=gen), torch.randint(0, 4, (16,), generator=gen)
     losses = []
@@ -53,12 +85,13 @@ def test_a_lowered_model_trains_under_bf16_autocast_like_the_unlowered_one():
         model = tropfx.compile(net(), pipeline(lower), example_inputs=(x,))
         if lower:
             assert any(n.target is K.dilation2d for n in model.graph.nodes)
-        model.train()
+        model.to(device).train()
+        xd, yd = x.to(device), y.to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         run = []
         for _ in range(4):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x), y)
+            with torch.autocast(device.type, dtype=dtype):
+                loss = F.cross_entropy(model(xd), yd)
             opt.zero_grad()
             loss.backward()
             opt.step()
