@@ -107,15 +107,21 @@ def _input_shape(pool: OpMatch, nd: int) -> tuple[int, ...] | str:
     return shape
 
 
-def _max_pool(pool: OpMatch, node: fx.Node) -> Plan | str:
+def _pooled_shape(pool: OpMatch, what: str) -> tuple[int, ...] | str:
+    """The input shape of a max pooling a dilation can replace, or the reason it cannot."""
     if pool["return_indices"]:
         return "return_indices=True: a dilation has no pooling indices"
     nd = pool["ndim"]
     if nd not in _DILATION:
-        return f"{nd}-D pooling: only 1-D and 2-D dilations exist"
-    shape = _input_shape(pool, nd)
+        return f"{nd}-D {what}: only 1-D and 2-D dilations exist"
+    return _input_shape(pool, nd)
+
+
+def _max_pool(pool: OpMatch, node: fx.Node) -> Plan | str:
+    shape = _pooled_shape(pool, "pooling")
     if isinstance(shape, str):
         return shape
+    nd = pool["ndim"]
     stride = pool["stride"]
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = pool["kernel_size"]  # torch's spellings of "stride = kernel"
@@ -125,14 +131,10 @@ def _max_pool(pool: OpMatch, node: fx.Node) -> Plan | str:
 
 
 def _adaptive_max_pool(pool: OpMatch, node: fx.Node) -> Plan | str:
-    if pool["return_indices"]:
-        return "return_indices=True: a dilation has no pooling indices"
-    nd = pool["ndim"]
-    if nd not in _DILATION:
-        return f"{nd}-D adaptive pooling: only 1-D and 2-D dilations exist"
-    shape = _input_shape(pool, nd)
+    shape = _pooled_shape(pool, "adaptive pooling")
     if isinstance(shape, str):
         return shape
+    nd = pool["ndim"]
     out = pool["output_size"]
     out = (out,) * nd if isinstance(out, int) else tuple(out)
     sizes = shape[2:]
