@@ -664,6 +664,20 @@ class ChannelGraph:
                 links.union(min(bad), k)
         if not cut:
             return gid, jid, groups
+        # a group concatenated with a cut one moves the cuts with its size (a chunk of
+        # cat(x1, branch(x2))): it joins too, as does anything in a value with those channels
+        values = [f.slots for flow in self.flows.values()
+                  for f in (flow if isinstance(flow, list) else [flow])]
+        grown = True
+        while grown:
+            grown = False
+            for slots in values:
+                ks = set(gid[root[slots]].unique().tolist()) - {-1}
+                if len(ks) > 1 and ks & cut:
+                    for k in ks:
+                        links.union(min(cut & ks), k)
+                    grown = grown or bool(ks - cut)
+                    cut |= ks
         comps = {k: sorted(c) for c in links.to_sets() for k in c}
         newk = torch.full((len(groups) + 1,), -1, dtype=torch.long)  # index -1 stays -1
         offset = torch.zeros(len(groups) + 1, dtype=torch.long)
