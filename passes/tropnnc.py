@@ -358,8 +358,8 @@ class TropNNC(GraphPass):
                            f"{group.name}'s consumers have {problem.C.shape[0]} outputs -- use "
                            "method='multi'")
         if method.data and (group.cells is not None or group.layout is not None):
-            raise _Decline(f"{self.method}: grouped convolutions read the channels; ThiNet's "
-                           "selection does not keep equal blocks")
+            raise _Decline(f"{self.method}: grouped convolutions or a channel shuffle's cuts read "
+                           "the channels; ThiNet's selection does not keep equal blocks or paths")
         try:
             labels = self._labels(problem, group, ratio)
             rebuild = method.rebuild

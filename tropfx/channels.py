@@ -12,10 +12,15 @@ member -- producers (output channels and bias), channel-wise layers on the path 
 depthwise convolutions), consumers (input channels of the next layers; a Linear after a flatten
 reads ``spatial`` features per channel) and hard-coded flattening views -- and the slice each owns.
 
+Groups that a member reads other than whole -- interleaved with each other by a channel shuffle
+over a concat, or cut by a chunk, as in ShuffleNet v2 -- become one *joint* group whose
+:class:`Layout` replays the graph on channel ids to tell, for any new channel counts, which
+member reads which channel where (an extension of ours, outside the TropNNC paper).
+
 Anything the graph cannot follow (the model input or output, an unknown op, a reshape that splits
-the channel dim, a shared module, a split that cuts a group) *freezes* the groups whose slots
-reach it, with the reason. :func:`resize_channels` rewrites every member of a group to new
-per-channel rows (merged, kept, duplicated), the graph surgery any structured pass can use.
+the channel dim, a shared module) *freezes* the groups whose slots reach it, with the reason.
+:func:`resize_channels` rewrites every member of a group to new per-channel rows (merged, kept,
+duplicated), the graph surgery any structured pass can use.
 """
 
 from __future__ import annotations
@@ -821,10 +826,7 @@ class ChannelGraph:
             if int(j[a]) != 0 or b - a != group.size:
                 group.frozen = group.frozen or (
                     f"{member.node.name} reads only channels {int(j[a])}..{int(j[b - 1])} of its "
-                    f"{group.size} (a split, chunk or permutation cuts the group"
-                    + ("; a channel shuffle is followed only when one group's channels go "
-                       "through it whole, not over a concat or into a chunk as in ShuffleNet v2)"
-                       if self._shuffles else ")"))
+                    f"{group.size} (a split, chunk or permutation cuts the group)")
             group.parts.append(Part(member, len(member.segments) - 1))
 
     def _cells(self, group: Group) -> None:
