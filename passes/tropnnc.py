@@ -362,6 +362,8 @@ class TropNNC(GraphPass):
                            "the channels; ThiNet's selection does not keep equal blocks or paths")
         try:
             labels = self._labels(problem, group, ratio)
+            if group.layout is not None and group.layout.note:
+                row["outside"] = f"{row['outside']}; {group.layout.note}"
             rebuild = method.rebuild
             if method.paper_only and group.theory is not None:
                 rebuild = METHODS["multi"].rebuild  # Alg. 3's rescaling assumes ReLU(A x + b)

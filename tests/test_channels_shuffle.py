@@ -1,5 +1,7 @@
 """A channel shuffle followed as a permutation of the channel dim (tropfx.channels)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -213,6 +215,36 @@ def test_the_zoo_shuffle_blocks_merge_their_duplicates_exactly():
     cm = assert_pass_preserves(tp.tropnnc(ratio=0.5), dup, (x,), rtol=1e-4, atol=1e-4)
     rows = {r["layer"]: (r["n"], r["K"]) for r in cm.report[-1].info["layers"]}
     assert all(rows[name] == (2 * n, n) for name, n in joint.items())
+
+
+@settings(max_examples=12, deadline=None)
+@given(half=st.integers(2, 9), new_half=st.integers(2, 9), units=st.integers(1, 4),
+       spelling=st.sampled_from([*SPELLINGS, "none"]), down=st.booleans())
+def test_the_replay_at_new_sizes_is_the_graph_of_the_model_built_at_them(half, new_half, units,
+                                                                          spelling, down):
+    """Layout.replay against an independent oracle: the channel graph of the same stage built
+    with the new width."""
+    down = down and spelling != "none"
+    x = torch.randn(1, 2, 4, 4)
+    _, found = groups_of(Stage(half, units, spelling, down, True).eval(), x)
+    (old,) = [g for g in found.values() if g.layout is not None]
+    _, found = groups_of(Stage(new_half, units, spelling, down, True).eval(), x)
+    (new,) = [g for g in found.values() if g.layout is not None]
+    replayed = old.layout.replay([s * new_half // half for s in old.layout.sizes])
+    assert [p.member.node.name for p in old.parts] == [p.member.node.name for p in new.parts]
+    assert all(torch.equal(a, p.index) for a, p in zip(replayed, new.parts, strict=True))
+
+
+@pytest.mark.parametrize("half,units", [(3, 3), (5, 4), (2, 3)])
+def test_paths_that_do_not_scale_are_merged_into_the_nearest_and_reported(half, units):
+    model = _randomize(Stage(half, units, "function", False, True), torch.Generator().manual_seed(0))
+    x = torch.randn(2, 2, 6, 6)
+    cm = tropfx.compile(model, [tp.tropnnc(ratio=0.5)], example_inputs=(x,))
+    row = cm.report[-1].info["layers"][0]
+    want = [max(1, math.floor(0.5 * s + 0.5)) for s in [2 * half] + [half] * units]
+    assert row["K"] == sum(want) and "lossy even for duplicates" in row["outside"]
+    assert any("lossy even for duplicates" in t for t in cm.report[-1].rewritten)
+    assert cm(x).shape == (2, 3)
 
 
 class GroupedAfter(V2Unit):

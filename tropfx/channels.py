@@ -928,6 +928,7 @@ class Layout:
         self.new: list[Tensor] | None = None  # per part, set by labels() / plan() for resizing
         self.chosen: list[int] | None = None
         self.why = ""  # why the last plan() failed
+        self.moved = self.dropped = 0  # what the last plan() lost (see note)
 
     @property
     def size(self) -> int:
@@ -1065,12 +1066,17 @@ class Layout:
         owner = self._owner(torch.arange(sum(sizes)), sizes).tolist()
         return [(owner[j], frozenset(r)) for j, r in enumerate(readers)]
 
-    def plan(self, sizes: list[int], grow: bool = False) -> list[tuple[Tensor, Tensor]] | None:
+    def plan(self, sizes: list[int], grow: bool = False,
+             move: bool = False) -> list[tuple[Tensor, Tensor]] | None:
         """With ``sizes[c]`` channels per producer group: ``(old channels, new channels)`` of
         every path (the new ones may be fewer, or none: the path is dropped; more only with
-        ``grow``), or ``None`` when the graph does not run with these sizes or a new channel
-        takes a path no old one took. Sets ``new`` (every part's new channel ids) for
-        :func:`resize_channels`."""
+        ``grow``), or ``None`` when the graph does not run with these sizes, or a new channel
+        takes a path no old one took and not ``move``. With ``move``, such a channel takes the
+        old channels of the nearest path of its producer group (most parts in common, then
+        nearest in relative position; lossy: the parts it no longer reaches lose them, the new
+        ones read it with zero weights). Sets ``new`` (every part's new channel ids) for
+        :func:`resize_channels`, and ``moved`` / ``dropped`` (channels on a path no old / new
+        one takes)."""
         try:
             new = self.replay(sizes)
         except _Stop as why:
@@ -1079,30 +1085,55 @@ class Layout:
         cells: dict[tuple, tuple[list[int], list[int]]] = {}
         for j, key in enumerate(self._paths([p.index for p in self.group.parts], self.sizes)):
             cells.setdefault(key, ([], []))[0].append(j)
+        old_at = self._relative(self.sizes)
+        new_at = self._relative(sizes)
+        moved = 0
         for q, key in enumerate(self._paths(new, sizes)):
             if key not in cells:
                 self.why = ("with these channel counts a channel would take a path through the "
                             "graph that none takes now")
-                return None
+                near = [k for k in cells if k[0] == key[0]]
+                if not move or not near:
+                    return None
+                key = max(near, key=lambda k: (len(k[1] & key[1]), -abs(
+                    float(old_at[cells[k][0]].mean()) - float(new_at[q]))))
+                moved += 1
             cells[key][1].append(q)
         if not grow and any(len(n) > len(o) for o, n in cells.values()):
+            self.why = "with these channel counts more channels would take a path than take it now"
             return None
         self.new, self.chosen = new, list(sizes)
+        self.moved, self.dropped = moved, sum(len(o) for o, n in cells.values() if not n)
         return [(torch.tensor(o), torch.tensor(n, dtype=torch.long)) for o, n in cells.values()]
+
+    @staticmethod
+    def _relative(sizes: list[int]) -> Tensor:
+        """Every channel's position in its producer group, in [0, 1)."""
+        return torch.cat([torch.arange(s, dtype=torch.float64) / s for s in sizes])
+
+    @property
+    def note(self) -> str:
+        """What the last plan lost to paths that do not scale (empty: nothing)."""
+        lost = ([f"{self.moved} new channels take a path through the shuffles that no old one "
+                 "took (they merge the old channels of the nearest path)"] if self.moved else []) \
+            + ([f"{self.dropped} old channels take a path that no new one takes (dropped)"]
+               if self.dropped else [])
+        return "; ".join(lost) + (" -- lossy even for duplicates" if lost else "")
 
     def labels(self, cluster: Callable[[Tensor, int], Tensor],
                k: Callable[[int], int]) -> Tensor:
         """Cluster labels of the group's channels (new channel ids): ``k(size)`` channels per
-        producer group, or the fewest above that for which every new channel takes a path
-        (:meth:`plan`); ``cluster(channels, K)`` gives ``K`` clusters of some channels
-        (labels ``0..K-1``, ``-1``: dropped)."""
+        producer group (or the fewest above that for which :meth:`plan` fits every new channel
+        into the old paths, moving those on a new path to the nearest old one);
+        ``cluster(channels, K)`` gives ``K`` clusters of some channels (labels ``0..K-1``,
+        ``-1``: dropped)."""
         want = [min(s, max(1, k(s))) for s in self.sizes]
         for step in range(max(self.sizes) + 1):
             sizes = [min(s, w + step) for s, w in zip(self.sizes, want, strict=True)]
             if sizes == self.sizes and want != self.sizes:
                 raise InputError(f"{self.group.name}: its channels cannot shrink through the "
                                  f"channel shuffle ({self.why})")
-            cells = self.plan(sizes)
+            cells = self.plan(sizes, move=True)
             if cells is not None:
                 break
         else:  # unreachable: the old sizes replay the old layout (checked when the graph is built)
