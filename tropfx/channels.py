@@ -901,6 +901,7 @@ class ChannelGraph:
 # ---------------------------------------------------------------------- joint groups
 
 _REPLAYED = frozenset(("cat", "split", "view", "flatten", "transpose", "shuffle"))
+_IDS = torch.float64  # channel ids as activations: exact integers, any op runs on them
 
 
 class Layout:
@@ -957,14 +958,19 @@ class Layout:
         region = set(group.region)
         env: dict[fx.Node, object] = {}
         reads: dict[int, Tensor] = {}
-        for node in graph.gm.graph.nodes:
+        nodes = list(graph.gm.graph.nodes)
+        order = {node: i for i, node in enumerate(nodes)}
+        for i, node in enumerate(nodes):
+            for a in list(env):  # free what no later node reads (activations can be large)
+                if isinstance(a, fx.Node) and all(order[u] < i for u in a.users):
+                    del env[a]
             for part in by_node.get(node, []):
                 if part.member.role != "producer" and id(part.member) not in reads:
                     src = part.member.node.args[0]
                     reads[id(part.member)] = self._vector(self._value(src, env), src,
                                                           part.member.spatial)
             if node in emit:
-                env[node] = self._broadcast(emit[node].double(), node)
+                env[node] = self._broadcast(emit[node].to(_IDS), node)
                 for part in by_node.get(node, []):
                     if part.member.role == "producer":
                         reads[id(part.member)] = emit[node]
@@ -1000,7 +1006,7 @@ class Layout:
         shape = tensor_shape(a)
         if shape is None:
             raise _Stop(f"{a.name}'s value is unknown without example_inputs")
-        env[a] = torch.full(tuple(shape), -1.0, dtype=torch.float64)  # channels of other groups
+        env[a] = torch.full(tuple(shape), -1.0, dtype=_IDS)  # channels of other groups
         return env[a]
 
     def _run(self, node: fx.Node, env: dict) -> object:
@@ -1031,7 +1037,7 @@ class Layout:
         known = [v for v in vecs if bool((v >= 0).any())]
         if kind == "join" and any(not torch.equal(v, known[0]) for v in known[1:]):
             raise _Stop(f"{node.name} joins channels that no longer line up")
-        return self._broadcast((known or vecs)[0].double(), node)
+        return self._broadcast((known or vecs)[0].to(_IDS), node)
 
     def _vector(self, t: object, node: fx.Node, spatial: int = 1) -> Tensor:
         """The channel ids along the channel dim of ``node``'s value ``t``."""
@@ -1040,7 +1046,7 @@ class Layout:
                 or flow.dim() is None:
             raise _Stop(f"{node.name}'s channels cannot be read back")
         axis = flow.dim()
-        v = t.movedim(axis, 0).reshape(t.shape[axis], -1)[:, 0]
+        v = t[(0,) * axis + (slice(None),) + (0,) * (t.dim() - axis - 1)]
         step = max(flow.spatial, spatial)
         return v[::step].round().long()
 
