@@ -7,7 +7,9 @@ For every model (random init, eval, one 224 x 224 image): the channel-dependency
 compressed when its group's row in the report has ``K < n``. Printed per model: conv output
 channels in compressed groups / all (and / all but those that reach the model output, which no
 structured pass can resize), groups compressed, outside the paper's conditions, skipped (with
-the most common reason), the time, and whether ``ratio=1`` reproduces the model's output exactly.
+the most common reason), the compressed model's relative output error ``|y~ - y| / |y|`` on the
+image (the pass is lossy), the time, and whether ``ratio=1`` reproduces the model's output
+exactly (``torch.equal``).
 
     python benchmarks/tropnnc_zoo.py [--ratio 0.5] [--models resnet18,mobilenet_v2] [--method l1]
 
@@ -85,12 +87,15 @@ def measure(torchvision: types.ModuleType, name: str, ratio: float, method: str)
     inside = sum(c for c, g in convs.values() if g in done)
     reachable = total - sum(c for c, g in convs.values() if g in output)
     with torch.no_grad():
-        ok = cm(x).shape == model(x).shape
+        ref, out = model(x), cm(x)
+    ok = out.shape == ref.shape
+    error = float((out - ref).norm() / ref.norm()) if ok else float("nan")
     identity = tropfx.compile(model, [tp.tropnnc(ratio=1.0, method=method)], example_inputs=(x,))
     with torch.no_grad():
         exact = bool(torch.equal(identity(x), model(x)))
     reasons = Counter(s.reason for s in row.skipped)
     return {"model": name, "share": inside / total, "share_hidden": inside / max(reachable, 1),
+            "channels": (inside, total, reachable), "error": error,
             "groups": len(done), "outside": sum(not r["paper"] for r in layers if r["K"] < r["n"]),
             "skipped": len(row.skipped), "reason": reasons.most_common(1)[0][0] if reasons else "",
             "seconds": seconds, "runs": ok, "exact": exact,
@@ -109,15 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"tropnnc ratio={args.ratio} method={args.method}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print("| model | conv out channels compressed | of those not at the output | groups "
-          "(outside the paper) | skipped | params | time | ratio=1 exact |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("'all': every conv's output channels; 'hidden': all but those that are the model "
+          "output (a classifier conv's), which no structured pass can resize")
+    print("| model | method | conv out channels in compressed groups: all | hidden | groups "
+          "(outside the paper) | skipped | params | rel. output error | time | ratio=1 exact |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models.split(","):
         r = measure(torchvision, name, args.ratio, args.method)
         skipped = f"{r['skipped']}" + (f" ({r['reason'][:70]})" if r["skipped"] else "")
-        print(f"| {name} | {100 * r['share']:.1f} % | {100 * r['share_hidden']:.1f} % | "
+        inside, total, hidden = r["channels"]
+        print(f"| {name} | {args.method} | {100 * r['share']:.1f} % ({inside}/{total}) | "
+              f"{100 * r['share_hidden']:.1f} % ({inside}/{hidden}) | "
               f"{r['groups']} ({r['outside']}) | {skipped} | "
-              f"{r['params'][0] / 1e6:.2f}M -> {r['params'][1] / 1e6:.2f}M | "
+              f"{r['params'][0] / 1e6:.2f}M -> {r['params'][1] / 1e6:.2f}M | {r['error']:.3g} | "
               f"{r['seconds']:.1f} s | {'yes' if r['exact'] else 'NO'}"
               f"{'' if r['runs'] else ' (output shape changed!)'} |", flush=True)
     return 0

@@ -357,11 +357,13 @@ class TropNNC(GraphPass):
             raise _Decline(f"Alg. 1 ({self.method!r}) compresses a layer with a single output; "
                            f"{group.name}'s consumers have {problem.C.shape[0]} outputs -- use "
                            "method='multi'")
-        if method.data and group.cells is not None:
-            raise _Decline(f"{self.method}: grouped convolutions read the channels; ThiNet's "
-                           "selection does not keep equal blocks")
+        if method.data and (group.cells is not None or group.layout is not None):
+            raise _Decline(f"{self.method}: grouped convolutions or a channel shuffle's cuts read "
+                           "the channels; ThiNet's selection does not keep equal blocks or paths")
         try:
             labels = self._labels(problem, group, ratio)
+            if group.layout is not None and group.layout.note:
+                row["outside"] = f"{row['outside']}; {group.layout.note}"
             rebuild = method.rebuild
             if method.paper_only and group.theory is not None:
                 rebuild = METHODS["multi"].rebuild  # Alg. 3's rescaling assumes ReLU(A x + b)
@@ -386,6 +388,13 @@ class TropNNC(GraphPass):
     def _labels(self, problem: Problem, group: Group, ratio: float | None) -> Tensor:
         """Clusters of the group's channels; with grouped convolutions, the same number in every
         block (a block short of clusters -- duplicate channels -- splits its largest ones)."""
+        if group.layout is not None:  # channels interleaved by a shuffle: per path (channels.py)
+            if ratio is None:
+                raise InputError("threshold= does not apply to channels interleaved by a channel "
+                                 "shuffle (ShuffleNet v2); give ratio=")
+            return group.layout.labels(
+                lambda idx, k: _split_to(self._cluster(problem.subset(idx), k), k),
+                lambda n: self._k(n, ratio))
         if group.cells is None:
             return self._cluster(problem, self._k(group.size, ratio) if ratio else None)
         cells = group.cells

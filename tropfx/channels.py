@@ -12,17 +12,23 @@ member -- producers (output channels and bias), channel-wise layers on the path 
 depthwise convolutions), consumers (input channels of the next layers; a Linear after a flatten
 reads ``spatial`` features per channel) and hard-coded flattening views -- and the slice each owns.
 
+Groups that a member reads other than whole -- interleaved with each other by a channel shuffle
+over a concat, or cut by a chunk, as in ShuffleNet v2 -- become one *joint* group whose
+:class:`Layout` replays the graph on channel ids to tell, for any new channel counts, which
+member reads which channel where (an extension of ours, outside the TropNNC paper).
+
 Anything the graph cannot follow (the model input or output, an unknown op, a reshape that splits
-the channel dim, a shared module, a split that cuts a group) *freezes* the groups whose slots
-reach it, with the reason. :func:`resize_channels` rewrites every member of a group to new
-per-channel rows (merged, kept, duplicated), the graph surgery any structured pass can use.
+the channel dim, a shared module) *freezes* the groups whose slots reach it, with the reason.
+:func:`resize_channels` rewrites every member of a group to new per-channel rows (merged, kept,
+duplicated), the graph surgery any structured pass can use.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -30,12 +36,14 @@ import torch
 from networkx.utils import UnionFind
 from torch import Tensor, fx, nn
 
+from tropfx.errors import InputError
 from tropfx.layers import FUNCTIONS, METHODS, layer_spec, sync_sizes
 from tropfx.rewrite import tensor_shape
 
 _SHUFFLES = (torch.channel_shuffle, torch.native_channel_shuffle, nn.functional.channel_shuffle)
 
-__all__ = ["ChannelGraph", "Flow", "Group", "Member", "Part", "read_rows", "resize_channels"]
+__all__ = ["ChannelGraph", "Flow", "Group", "Layout", "Member", "Part", "read_rows",
+           "resize_channels"]
 
 
 @dataclass
@@ -82,6 +90,8 @@ class Part:
     member: Member
     segment: int
     shuffle: int | None = None  # it reads the group through a channel shuffle of this many groups
+    index: Tensor | None = None  # a joint group (:class:`Layout`): its channel at each position
+    joint: Layout | None = None
 
     @property
     def offset(self) -> int:
@@ -100,7 +110,10 @@ class Group:
     (``None``: it can). ``cells``: for grouped convolutions, the block of every channel (merges
     stay inside a block and every block keeps the same size). ``theory``: ``None`` when the
     TropNNC paper's conditions hold (one producer, then only ReLU, pooling, dropout, flatten and
-    concatenation up to the consumers, a ReLU on every path; TropNNC §3.2, §6), else why not."""
+    concatenation up to the consumers, a ReLU on every path; TropNNC §3.2, §6), else why not.
+    ``layout``: for a *joint* group -- the channels of several producers that a member reads
+    interleaved or cut (ShuffleNet v2's concat -> channel shuffle -> chunk) -- how they travel;
+    its parts then carry ``index`` (see :class:`Layout`)."""
 
     name: str
     size: int
@@ -110,6 +123,7 @@ class Group:
     theory: str | None = None
     region: list[fx.Node] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # what the region's nodes are
+    layout: Layout | None = None  # several producers' channels interleaved or cut (ShuffleNet v2)
 
     def role(self, role: str) -> list[Part]:
         return [p for p in self.parts if p.member.role == role]
@@ -624,6 +638,7 @@ class ChannelGraph:
             g = len(groups)
             gid[canon], jid[canon] = g, torch.arange(n)
             groups.append(group)
+        gid, jid, groups = self._join_interleaved(root, gid, jid, groups)
         for m in self.members:
             self._segment(m, gid[root[m.slots]], jid[root[m.slots]], groups)
         for node, flow in self.flows.items():  # graph order
@@ -633,12 +648,143 @@ class ChannelGraph:
                         groups[g].region.append(node)
         for group in groups:
             group.kinds = [self.kinds.get(node, "") for node in group.region]
-            if group.frozen is None:
+            if group.layout is not None:
+                self._check_joint(group)
+            elif group.frozen is None:
                 self._cells(group)
             group.theory = self._theory(group)
         return groups
 
+    def _join_interleaved(self, root: Tensor, gid: Tensor, jid: Tensor,
+                          groups: list[Group]) -> tuple[Tensor, Tensor, list[Group]]:
+        """Groups that a member reads other than whole (interleaved with each other by a channel
+        shuffle over a concat, or cut by a chunk: ShuffleNet v2) become one *joint* group: the
+        channels of all of them, in order, with a :class:`Layout` that replays how they travel."""
+        links = UnionFind()
+        cut: set[int] = set()
+        for m in self.members:
+            bad = self._irregular(gid[root[m.slots]], jid[root[m.slots]], groups)
+            cut |= bad
+            for k in bad:
+                links.union(min(bad), k)
+        if not cut:
+            return gid, jid, groups
+        # a group concatenated with a cut one moves the cuts with its size (a chunk of
+        # cat(x1, branch(x2))): it joins too, as does anything in a value with those channels
+        values = [f.slots for flow in self.flows.values()
+                  for f in (flow if isinstance(flow, list) else [flow])]
+        grown = True
+        while grown:
+            grown = False
+            for slots in values:
+                ks = set(gid[root[slots]].unique().tolist()) - {-1}
+                if len(ks) > 1 and ks & cut:
+                    for k in ks:
+                        links.union(min(cut & ks), k)
+                    grown = grown or bool(ks - cut)
+                    cut |= ks
+        comps = {k: sorted(c) for c in links.to_sets() for k in c}
+        newk = torch.full((len(groups) + 1,), -1, dtype=torch.long)  # index -1 stays -1
+        offset = torch.zeros(len(groups) + 1, dtype=torch.long)
+        out: list[Group] = []
+        for k, group in enumerate(groups):
+            if k not in cut:
+                newk[k] = len(out)
+                out.append(group)
+                continue
+            comp = comps[k]
+            if k != comp[0]:
+                continue
+            sizes = [groups[c].size for c in comp]
+            joint = Group(group.name, sum(sizes), [], next(
+                (groups[c].frozen for c in comp if groups[c].frozen is not None), None))
+            joint.layout = Layout(self, joint, sizes)
+            start = 0
+            for c, size in zip(comp, sizes, strict=True):
+                newk[c], offset[c] = len(out), start
+                start += size
+            out.append(joint)
+        return newk[gid], torch.where(gid >= 0, jid + offset[gid], -1), out
+
+    def _irregular(self, g: Tensor, j: Tensor, groups: list[Group]) -> set[int]:
+        """The groups a member reads other than whole, in order or through a channel shuffle
+        that :meth:`_segment` follows (the cases where it would freeze them)."""
+        n = len(g)
+        change = torch.ones(n, dtype=torch.bool)
+        change[1:] = g[1:] != g[:-1]
+        bounds = [*torch.nonzero(change).flatten().tolist(), n]
+        bad, shuffled, other = set(), False, set()
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            k, size = int(g[a]), b - a
+            if k < 0:
+                continue
+            whole = size == groups[k].size
+            if whole and torch.equal(j[a:b], torch.arange(size)):
+                continue
+            if any(whole and size % s == 0 and torch.equal(j[a:b], _shuffled(size, s))
+                   for s in self._shuffles):
+                shuffled = True
+            else:
+                other.add(k)
+        if shuffled:
+            return other
+        starts = torch.ones(n, dtype=torch.bool)  # as _plain cuts the runs
+        starts[1:] = (g[1:] != g[:-1]) | ((g[1:] >= 0) & ((j[1:] != j[:-1] + 1) | (j[1:] == 0)))
+        bounds = [*torch.nonzero(starts).flatten().tolist(), n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            k = int(g[a])
+            if k >= 0 and (int(j[a]) != 0 or b - a != groups[k].size):
+                bad.add(k)
+        return bad
+
+    def _check_joint(self, group: Group) -> None:
+        """Freeze a joint group that :meth:`Layout.replay` cannot rewrite, with the reason."""
+        for part in group.parts:
+            m = part.member
+            if group.frozen is not None:
+                return
+            if len(part.index.unique()) != len(part.index):
+                group.frozen = f"{m.node.name} reads some of its channels twice"
+            elif m.role in ("producer", "consumer") and m.node.op == "call_module" and \
+                    getattr(self.modules[m.target], "groups", 1) > 1:
+                group.frozen = (f"grouped convolution {m.target} reads or produces channels "
+                                "interleaved by a channel shuffle")
+            elif m.role == "producer" and not torch.equal(
+                    part.index, torch.arange(int(part.index[0]), int(part.index[0]) + len(part.index))):
+                group.frozen = f"{m.node.name} produces its channels permuted"
+        if group.frozen is not None:
+            return
+        layout = group.layout
+        try:
+            again = layout.replay(layout.sizes)
+        except _Stop as why:
+            group.frozen = f"a channel shuffle interleaves or cuts its channels: {why}"
+            return
+        if not all(torch.equal(a, p.index) for a, p in zip(again, group.parts, strict=True)):
+            group.frozen = ("a channel shuffle interleaves or cuts its channels in a way the graph "
+                            "could not replay")
+
     def _segment(self, member: Member, g: Tensor, j: Tensor, groups: list[Group]) -> None:
+        """Cut a member's channel dim into parts: a run of a joint group's channels (in any order)
+        is one part with ``index``; the rest as :meth:`_segment_runs` cuts it."""
+        joint = torch.tensor([grp.layout is not None for grp in groups] + [False])
+        key = torch.where(joint[g], g, -2)
+        if not bool((key >= 0).any()):
+            self._segment_runs(member, g, j, groups)
+            return
+        change = torch.ones(len(g), dtype=torch.bool)
+        change[1:] = key[1:] != key[:-1]
+        bounds = [*torch.nonzero(change).flatten().tolist(), len(g)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            k = int(key[a])
+            if k < 0:
+                self._segment_runs(member, g[a:b], j[a:b], groups)
+                continue
+            member.segments.append([k, b - a])
+            groups[k].parts.append(Part(member, len(member.segments) - 1, index=j[a:b].clone(),
+                                        joint=groups[k].layout))
+
+    def _segment_runs(self, member: Member, g: Tensor, j: Tensor, groups: list[Group]) -> None:
         """Cut a member's channel dim into runs of one group in canonical order (0..n-1); a
         run that holds a whole group through a channel shuffle is one part (``Part.shuffle``)."""
         n = len(g)
@@ -680,10 +826,7 @@ class ChannelGraph:
             if int(j[a]) != 0 or b - a != group.size:
                 group.frozen = group.frozen or (
                     f"{member.node.name} reads only channels {int(j[a])}..{int(j[b - 1])} of its "
-                    f"{group.size} (a split, chunk or permutation cuts the group"
-                    + ("; a channel shuffle is followed only when one group's channels go "
-                       "through it whole, not over a concat or into a chunk as in ShuffleNet v2)"
-                       if self._shuffles else ")"))
+                    f"{group.size} (a split, chunk or permutation cuts the group)")
             group.parts.append(Part(member, len(member.segments) - 1))
 
     def _cells(self, group: Group) -> None:
@@ -723,6 +866,10 @@ class ChannelGraph:
 
     def _theory(self, group: Group) -> str | None:
         prods = group.role("producer")
+        if group.layout is not None:
+            return (f"a channel shuffle interleaves or cuts the channels of {len(prods)} layers "
+                    "(ShuffleNet v2); merges stay within one layer's channels that take the same "
+                    "path (ours, not the paper's)")
         if len(prods) > 1:
             joins = [n.name for n in group.region if self.kinds.get(n) == "join"]
             return (f"{len(prods)} layers produce its channels, joined by "
@@ -749,6 +896,261 @@ class ChannelGraph:
     def frozen_reasons(self) -> dict[str, str]:
         """``{group name: reason}`` of every frozen group."""
         return {g.name: g.frozen for g in self.groups if g.frozen is not None}
+
+
+# ---------------------------------------------------------------------- joint groups
+
+_REPLAYED = frozenset(("cat", "split", "view", "flatten", "transpose", "shuffle"))
+_IDS = torch.float64  # channel ids as activations: exact integers, any op runs on them
+
+
+class Layout:
+    """How a joint group's channels travel, replayed for any new sizes (ours, not the paper's).
+
+    In ShuffleNet v2 a unit concatenates its input's first half with a branch's output, shuffles
+    the two (channel ``i`` of each goes to positions ``2i``, ``2i + 1``) and the next unit chunks
+    the result: every producer's channels end up interleaved with the others' and cut, so that
+    channel ``i`` of one producer is read by the branch of unit ``j`` (or leaves the stage) for
+    ``i`` in an interval that depends on the channel count. The joint group holds the channels of
+    all ``sizes`` (one run per producer group, in order); a part's ``index`` names the channel at
+    each of its positions.
+
+    :meth:`replay` runs the group's region of the graph on channel ids instead of activations
+    (the concat, split, view, transpose and shuffle nodes for real, channel-wise nodes by passing
+    the ids on), with every producer group resized, and tells which channel each member reads
+    where. A channel's *path* is the set of parts that read it; :meth:`labels` clusters each
+    producer's channels per path, into as many new channels as take that path after resizing,
+    so every member is rewritten consistently. A path that no new channel takes is dropped
+    (lossy; it happens when the halving of the channel count does not scale, e.g. 48 channels
+    cut by 7 chunks)."""
+
+    def __init__(self, graph: ChannelGraph, group: Group, sizes: list[int]):
+        self.graph, self.group, self.sizes = graph, group, list(sizes)
+        self.new: list[Tensor] | None = None  # per part, set by labels() / plan() for resizing
+        self.chosen: list[int] | None = None
+        self.why = ""  # why the last plan() failed
+        self.moved = self.dropped = 0  # what the last plan() lost (see note)
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def _owner(self, index: Tensor, sizes: list[int]) -> Tensor:
+        """The producer group (0, 1, ...) of each channel id."""
+        ends = torch.tensor(sizes).cumsum(0)
+        return torch.searchsorted(ends, index, right=True)
+
+    # ------------------------------------------------------------------ replay
+
+    def replay(self, sizes: list[int]) -> list[Tensor]:
+        """For every part of the group, the channel ids at its positions once every producer
+        group has ``sizes[c]`` channels (numbered in order). Raises ``_Stop`` when the graph
+        cannot be run so (e.g. a hard-coded split)."""
+        graph, group = self.graph, self.group
+        starts = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        emit = {}
+        for part in group.role("producer"):
+            c = int(self._owner(part.index[:1], self.sizes)[0])
+            emit[part.member.node] = torch.arange(starts[c], starts[c] + sizes[c])
+        by_node = defaultdict(list)
+        for part in group.parts:
+            by_node[part.member.node].append(part)
+        region = set(group.region)
+        env: dict[fx.Node, object] = {}
+        reads: dict[int, Tensor] = {}
+        nodes = list(graph.gm.graph.nodes)
+        order = {node: i for i, node in enumerate(nodes)}
+        for i, node in enumerate(nodes):
+            for a in list(env):  # free what no later node reads (activations can be large)
+                if isinstance(a, fx.Node) and all(order[u] < i for u in a.users):
+                    del env[a]
+            for part in by_node.get(node, []):
+                if part.member.role != "producer" and id(part.member) not in reads:
+                    src = part.member.node.args[0]
+                    reads[id(part.member)] = self._vector(self._value(src, env), src,
+                                                          part.member.spatial)
+            if node in emit:
+                env[node] = self._broadcast(emit[node].to(_IDS), node)
+                for part in by_node.get(node, []):
+                    if part.member.role == "producer":
+                        reads[id(part.member)] = emit[node]
+            elif node in region:
+                env[node] = self._step(node, env)
+        out = []
+        seen: dict[int, int] = defaultdict(int)
+        for part in group.parts:
+            vec = reads.get(id(part.member))
+            if vec is None:
+                raise _Stop(f"{part.member.node.name} was not reached")
+            mine = vec >= 0
+            change = torch.ones(len(vec), dtype=torch.bool)
+            change[1:] = mine[1:] != mine[:-1]
+            runs = torch.nonzero(change & mine).flatten().tolist()
+            i = seen[id(part.member)]
+            seen[id(part.member)] += 1
+            if i >= len(runs):
+                raise _Stop(f"{part.member.node.name} reads fewer runs of the channels")
+            a = runs[i]
+            rest = torch.nonzero(~mine[a:]).flatten()
+            out.append(vec[a:a + int(rest[0]) if len(rest) else len(vec)].clone())
+        return out
+
+    def _value(self, a: object, env: dict) -> object:
+        if not isinstance(a, fx.Node):
+            return a
+        if a in env:
+            return env[a]
+        if a in self.graph._scalars and a.op in ("call_function", "call_method"):
+            env[a] = self._run(a, env)
+            return env[a]
+        shape = tensor_shape(a)
+        if shape is None:
+            raise _Stop(f"{a.name}'s value is unknown without example_inputs")
+        env[a] = torch.full(tuple(shape), -1.0, dtype=_IDS)  # channels of other groups
+        return env[a]
+
+    def _run(self, node: fx.Node, env: dict) -> object:
+        args = fx.node.map_arg(node.args, lambda a: self._value(a, env))
+        kwargs = fx.node.map_arg(node.kwargs, lambda a: self._value(a, env))
+        try:
+            if node.op == "call_function":
+                return node.target(*args, **kwargs)
+            if node.op == "call_method":
+                return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return self.graph.modules[node.target](*args, **kwargs)
+        except Exception as e:  # e.g. a hard-coded split that the new sizes do not fit
+            raise _Stop(f"{node.name} ({node.target}) does not run with the new channel counts "
+                        f"({type(e).__name__}: {e})") from e
+
+    def _step(self, node: fx.Node, env: dict) -> object:
+        kind = self.graph.kinds.get(node)
+        module = self.graph.modules.get(node.target) if node.op == "call_module" else None
+        if node.target is operator.getitem or (kind in _REPLAYED and (
+                module is None or isinstance(module, (nn.ChannelShuffle, nn.Flatten)))):
+            return self._run(node, env)
+        flow = self.graph.flows.get(node)
+        inputs = [a for a in node.all_input_nodes if a in env and isinstance(env[a], Tensor)
+                  and a in self.graph.flows and not isinstance(self.graph.flows[a], list)]
+        if not inputs or not isinstance(flow, Flow):
+            raise _Stop(f"{node.name} cannot be replayed")
+        vecs = [self._vector(env[a], a) for a in inputs]
+        known = [v for v in vecs if bool((v >= 0).any())]
+        if kind == "join" and any(not torch.equal(v, known[0]) for v in known[1:]):
+            raise _Stop(f"{node.name} joins channels that no longer line up")
+        return self._broadcast((known or vecs)[0].to(_IDS), node)
+
+    def _vector(self, t: object, node: fx.Node, spatial: int = 1) -> Tensor:
+        """The channel ids along the channel dim of ``node``'s value ``t``."""
+        flow = self.graph.flows.get(node)
+        if not isinstance(t, Tensor) or not isinstance(flow, Flow) or flow.grid is not None \
+                or flow.dim() is None:
+            raise _Stop(f"{node.name}'s channels cannot be read back")
+        axis = flow.dim()
+        v = t[(0,) * axis + (slice(None),) + (0,) * (t.dim() - axis - 1)]
+        step = max(flow.spatial, spatial)
+        return v[::step].round().long()
+
+    def _broadcast(self, ids: Tensor, node: fx.Node) -> Tensor:
+        flow, shape = self.graph.flows.get(node), tensor_shape(node)
+        if not isinstance(flow, Flow) or shape is None or flow.dim() is None or \
+                flow.grid is not None or flow.spatial != 1:
+            raise _Stop(f"{node.name}'s channels cannot be replayed")
+        shape, axis = list(shape), flow.dim()
+        shape[axis] = len(ids)
+        view = [1] * len(shape)
+        view[axis] = -1
+        return ids.view(view).expand(shape).contiguous()
+
+    # ------------------------------------------------------------------ plan
+
+    def _paths(self, index: list[Tensor], sizes: list[int]) -> list[tuple[int, frozenset]]:
+        """Every channel's producer group and the parts that read it."""
+        readers: list[set[int]] = [set() for _ in range(sum(sizes))]
+        for i, idx in enumerate(index):
+            for j in idx.tolist():
+                readers[j].add(i)
+        owner = self._owner(torch.arange(sum(sizes)), sizes).tolist()
+        return [(owner[j], frozenset(r)) for j, r in enumerate(readers)]
+
+    def plan(self, sizes: list[int], grow: bool = False,
+             move: bool = False) -> list[tuple[Tensor, Tensor]] | None:
+        """With ``sizes[c]`` channels per producer group: ``(old channels, new channels)`` of
+        every path (the new ones may be fewer, or none: the path is dropped; more only with
+        ``grow``), or ``None`` when the graph does not run with these sizes, or a new channel
+        takes a path no old one took and not ``move``. With ``move``, such a channel takes the
+        old channels of the nearest path of its producer group (most parts in common, then
+        nearest in relative position; lossy: the parts it no longer reaches lose them, the new
+        ones read it with zero weights). Sets ``new`` (every part's new channel ids) for
+        :func:`resize_channels`, and ``moved`` / ``dropped`` (channels on a path no old / new
+        one takes)."""
+        try:
+            new = self.replay(sizes)
+        except _Stop as why:
+            self.why = str(why)
+            return None
+        cells: dict[tuple, tuple[list[int], list[int]]] = {}
+        for j, key in enumerate(self._paths([p.index for p in self.group.parts], self.sizes)):
+            cells.setdefault(key, ([], []))[0].append(j)
+        old_at = self._relative(self.sizes)
+        new_at = self._relative(sizes)
+        moved = 0
+        for q, key in enumerate(self._paths(new, sizes)):
+            if key not in cells:
+                self.why = ("with these channel counts a channel would take a path through the "
+                            "graph that none takes now")
+                near = [k for k in cells if k[0] == key[0]]
+                if not move or not near:
+                    return None
+                key = max(near, key=lambda k: (len(k[1] & key[1]), -abs(
+                    float(old_at[cells[k][0]].mean()) - float(new_at[q]))))
+                moved += 1
+            cells[key][1].append(q)
+        if not grow and any(len(n) > len(o) for o, n in cells.values()):
+            self.why = "with these channel counts more channels would take a path than take it now"
+            return None
+        self.new, self.chosen = new, list(sizes)
+        self.moved, self.dropped = moved, sum(len(o) for o, n in cells.values() if not n)
+        return [(torch.tensor(o), torch.tensor(n, dtype=torch.long)) for o, n in cells.values()]
+
+    @staticmethod
+    def _relative(sizes: list[int]) -> Tensor:
+        """Every channel's position in its producer group, in [0, 1)."""
+        return torch.cat([torch.arange(s, dtype=torch.float64) / s for s in sizes])
+
+    @property
+    def note(self) -> str:
+        """What the last plan lost to paths that do not scale (empty: nothing)."""
+        lost = ([f"{self.moved} new channels take a path through the shuffles that no old one "
+                 "took (they merge the old channels of the nearest path)"] if self.moved else []) \
+            + ([f"{self.dropped} old channels take a path that no new one takes (dropped)"]
+               if self.dropped else [])
+        return "; ".join(lost) + (" -- lossy even for duplicates" if lost else "")
+
+    def labels(self, cluster: Callable[[Tensor, int], Tensor],
+               k: Callable[[int], int]) -> Tensor:
+        """Cluster labels of the group's channels (new channel ids): ``k(size)`` channels per
+        producer group (or the fewest above that for which :meth:`plan` fits every new channel
+        into the old paths, moving those on a new path to the nearest old one);
+        ``cluster(channels, K)`` gives ``K`` clusters of some channels (labels ``0..K-1``,
+        ``-1``: dropped)."""
+        want = [min(s, max(1, k(s))) for s in self.sizes]
+        for step in range(max(self.sizes) + 1):
+            sizes = [min(s, w + step) for s, w in zip(self.sizes, want, strict=True)]
+            if sizes == self.sizes and want != self.sizes:
+                raise InputError(f"{self.group.name}: its channels cannot shrink through the "
+                                 f"channel shuffle ({self.why})")
+            cells = self.plan(sizes, move=True)
+            if cells is not None:
+                break
+        else:  # unreachable: the old sizes replay the old layout (checked when the graph is built)
+            raise ValueError(f"group {self.group.name}: no channel count replays its layout")
+        labels = torch.full((self.size,), -1, dtype=torch.long)
+        for old, new in cells:
+            if len(new) == 0:
+                continue
+            lab = torch.arange(len(old)) if len(new) == len(old) else cluster(old, len(new))
+            labels[old] = torch.where(lab >= 0, new[lab.clamp_min(0)], -1)
+        return labels
 
 
 # ---------------------------------------------------------------------- rows of a member
@@ -788,8 +1190,14 @@ def read_rows(gm: fx.GraphModule, part: Part, fold: bool = False) -> Tensor:
     weight, bias, running mean and variance; consumers: every weight reading the channel (the
     column ``C_:,i`` of TropNNC §6, transposed); a Linear after a flatten reads ``spatial``
     features per channel. Through a channel shuffle, the rows are put back in the group's order.
+    A joint group's part (:class:`Layout`) gives a row for every channel of the group, zero for
+    the channels it does not hold.
     """
     rows = _member_rows(gm, part, fold)
+    if part.index is not None:
+        full = rows.new_zeros(part.joint.size, rows.shape[1])
+        full[part.index] = rows
+        return full
     if part.shuffle is None:
         return rows
     return rows[torch.argsort(_shuffled(part.size, part.shuffle))]
@@ -900,14 +1308,28 @@ def resize_channels(gm: fx.GraphModule, group: Group, rows: list[Tensor | None],
     ``flatten``. A layer that reads the channels it produces (a residual block's layer inside
     the group) needs ``merge``, the ``(K, n)`` map from old to new channels that its consumer
     rows' output dim goes through. Mutates ``gm`` (the runner's private copy); call
-    ``gm.recompile()`` after."""
+    ``gm.recompile()`` after.
+
+    A joint group (``group.layout``) is resized to the layout its last :meth:`Layout.plan` /
+    :meth:`Layout.labels` chose: ``rows`` are then indexed by the new channel ids and every part
+    takes the rows of the channels it reads there, in its order."""
     if group.frozen is not None:
         raise ValueError(f"group {group.name} is frozen: {group.frozen}")
+    layout = group.layout
+    if layout is not None and (layout.new is None or any(
+            r is not None and r.shape[0] != sum(layout.chosen) for r in rows)):
+        raise ValueError(f"group {group.name}: plan its new layout first (Layout.labels / plan) "
+                         "and give rows for every new channel")
+    place = {} if layout is None else {id(p): idx for p, idx in zip(group.parts, layout.new,
+                                                                     strict=True)}
     producers = {p.member.node for p in group.role("producer")}
     todo = sorted(zip(group.parts, rows, strict=True), key=lambda pr: pr[0].member.role == "consumer")
     size = next(r.shape[0] for r in rows if r is not None)
     for part, new in todo:  # producers first: a consumer that is one sees its new output dim
         m = part.member
+        if part.index is not None:
+            size = len(place[id(part)])
+            new = None if new is None else new[place[id(part)]]
         if m.role == "view":
             _unview(gm, m)
             continue
@@ -923,10 +1345,19 @@ def resize_channels(gm: fx.GraphModule, group: Group, rows: list[Tensor | None],
         if m.role == "consumer" and m.node in producers:
             if merge is None:
                 raise ValueError(f"{m.node.name} reads the channels it produces; pass merge=")
-            new = torch.einsum("jor,ko->jkr", new.reshape(new.shape[0], merge.shape[1], -1),
-                               merge.to(new.dtype)).reshape(new.shape[0], -1)
+            out = merge
+            if layout is not None:  # its output dim holds its own channels only
+                own = next(p for p in group.role("producer") if p.member.node is m.node)
+                out = merge[place[id(own)]][:, own.index]
+            new = torch.einsum("jor,ko->jkr", new.reshape(new.shape[0], out.shape[1], -1),
+                               out.to(new.dtype)).reshape(new.shape[0], -1)
         _write_rows(gm, part, new)
         m.segments[part.segment][1] = new.shape[0]
+    if layout is not None:  # the group now has the layout it was resized to
+        for part in group.parts:
+            part.index = place[id(part)]
+        layout.sizes, layout.new = list(layout.chosen), None
+        group.size = layout.size
 
 
 def _unview(gm: fx.GraphModule, member: Member) -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["VGG16_CONFIG", "ZOO", "BasicBlock", "BatchNormAct2d", "DenseBlock", "Fire", "Inception",
-           "InvertedResidual", "ResNeXtBlock", "ResNet", "ShuffleUnit", "VGG", "ViTBlock",
+           "InvertedResidual", "ResNeXtBlock", "ResNet", "ShuffleDown", "ShuffleUnit", "VGG", "ViTBlock",
            "randomize_batchnorm_stats", "resnet18", "vgg16"]
 
 
@@ -281,6 +281,24 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(torch.cat((x1, self.branch2(x2)), dim=1), 2)
 
 
+class ShuffleDown(nn.Module):
+    """ShuffleNetV2's downsampling unit: two stride-2 branches (depthwise 3x3 -> BN -> 1x1 ->
+    BN -> ReLU; 1x1 -> BN -> ReLU -> depthwise 3x3 -> BN -> 1x1 -> BN -> ReLU), concatenated
+    and shuffled; with the stride-1 units after it, every branch's channels end up interleaved."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        half = cout // 2
+        self.branch1 = nn.Sequential(conv_bn(cin, cin, 3, 2, groups=cin, act=None),
+                                     conv_bn(cin, half, 1))
+        self.branch2 = nn.Sequential(conv_bn(cin, half, 1),
+                                     conv_bn(half, half, 3, 2, groups=half, act=None),
+                                     conv_bn(half, half, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(torch.cat((self.branch1(x), self.branch2(x)), dim=1), 2)
+
+
 class Inception(nn.Module):
     """GoogLeNet's inception module (Szegedy et al. 2015): 1x1, 1x1 -> 3x3, 1x1 -> 5x5 (as 3x3)
     and 3x3 max pool -> 1x1 branches, each conv with BatchNorm and ReLU, concatenated."""
@@ -403,7 +421,9 @@ def _resnext(w: int) -> nn.Module:
 
 def _shufflenet(w: int) -> nn.Module:
     return _Net(nn.Sequential(conv_bn(3, 2 * w, 3, 2), nn.MaxPool2d(3, 2, 1)),
-                [("stage2", nn.Sequential(ShuffleUnit(2 * w), ShuffleUnit(2 * w)))], 2 * w, pool="amax")
+                [("stage2", nn.Sequential(ShuffleUnit(2 * w), ShuffleUnit(2 * w))),
+                 ("stage3", nn.Sequential(ShuffleDown(2 * w, 4 * w), ShuffleUnit(4 * w)))], 4 * w,
+                pool="amax")
 
 
 def _inception(w: int) -> nn.Module:
