@@ -11,10 +11,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_binarize_bise import make_activated  # random activated neurons, complemented at random
 from torch import nn
 
 import tropfx
-from test_binarize_bise import make_activated  # random activated neurons, complemented at random
 from tropfx import passes as tp
 from tropfx.nn import LUI, BiSE, BiSEL, DenseLUI
 from tropfx.nn.binary import NonBinaryInputWarning
