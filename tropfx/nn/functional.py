@@ -193,10 +193,12 @@ def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
 
 
 def _is_identity(index: Tensor, size: int) -> bool:
-    """Whether ``index`` (out, 1) reads input ``o`` for output ``o``. Not while torch.compile /
-    torch.export trace (a data-dependent branch): the gather then stays, and inductor fuses it."""
-    if index.shape[0] != size or torch.compiler.is_compiling():
+    """Whether ``index`` (out, 1) reads input ``o`` for output ``o``; remembered on ``index`` per
+    version and storage. While torch.compile / torch.export trace: :func:`_traced_identity`."""
+    if index.shape[0] != size:
         return False
+    if torch.compiler.is_compiling():
+        return _traced_identity(index, size)
     key = (index._version, index.data_ptr(), size)  # remembered per version, as the layers'
     known = getattr(index, "_tropfx_identity", None)  # parameter checks are
     if known is not None and known[0] == key:
@@ -205,6 +207,23 @@ def _is_identity(index: Tensor, size: int) -> bool:
     if not isinstance(index, torch.fx.Proxy):
         index._tropfx_identity = (key, result)
     return result
+
+
+def _traced_identity(index: Tensor, size: int) -> bool:
+    """:func:`_is_identity` under tracing, where reading the index would be a data-dependent
+    branch (a graph break) and a gather stays a gather: inductor loads it element by element.
+    The answer of the last eager call, remembered on ``index``, is read as a constant, and dynamo
+    guards on it (an eager call that finds another answer makes it retrace). An index changed in
+    place since that call is caught by a check in the graph, which raises instead of returning
+    the outputs of the wrong inputs. Without an eager call first, the gather stays."""
+    known = getattr(index, "_tropfx_identity", None)
+    if known is None or not known[1]:
+        return False
+    same = (index[:, 0] == torch.arange(size, device=index.device)).all()
+    torch._assert_async(same, "tropfx: a SparseMaxPlus index changed in place after torch.compile "
+                              "traced it as the identity; run the layer once without "
+                              "torch.compile (or call torch._dynamo.reset()) to retrace")
+    return True
 
 
 def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
@@ -232,7 +251,8 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
         # so adding +0 where the bias is 0 makes such a tie +0, the bias's own zero, and adding -0
         # elsewhere changes nothing (x + -0 == x for every x, zeros included).
         return torch.maximum(term, b, out=term).add_(zero.reshape(shape))
-    take = (b >= term) | b.isnan()  # the bias sits first in the general product's window
+    take = (b >= term) | (b != b)  # the bias sits first in the general product's window (b != b:
+    # isnan, which inductor vectorizes)
     return torch.where(take, b, term)
 
 
