@@ -111,6 +111,17 @@ def test_traced_inference_dilation_has_no_isnan_and_one_se_buffer():
     assert "aten.stack.default" in found or "aten.cat.default" in found
 
 
+def test_an_se_of_0_and_minus_0_is_not_flat():
+    """max(x + 0, y + -0) is -0 for x = -2, y = -0; the flat path (max pooling plus the first
+    entry) made it +0: 0 == -0, but they are different SE entries."""
+    x = torch.tensor([-2.0, -0.0]).view(1, 1, 1, 2)
+    w = torch.tensor([0.0, -0.0]).view(1, 1, 2)
+    for fn, ref in ((TM.dilation2d, R.dilation2d_reference),
+                    (TM.erosion2d, R.erosion2d_reference)):
+        sign = 1 if fn is TM.dilation2d else -1
+        assert_bitwise(fn(sign * x, w), ref(sign * x, w, (1, 1), (0, 0), (1, 1), False)[0])
+
+
 # --- lowered morphology ---------------------------------------------------------------------------
 
 needs_kernels = pytest.mark.skipif(not K.load(), reason="the C++ kernels do not build here")

@@ -240,11 +240,17 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
     shape = [1] * x.dim()
     if x.dim():
         shape[dim] = -1
-    term = x + value.reshape(shape)
     if bias is None:
-        return term
-    b = bias.to(term.dtype).reshape(shape)
-    zero = None if _needs_grad(term, b) else _zero_signs(bias, term.dtype)
+        return x + value.reshape(shape)
+    dtype = torch.promote_types(x.dtype, value.dtype)  # (that of x + value)
+    b = bias.to(dtype).reshape(shape)
+    zero = None if _needs_grad(x, value, b) else _zero_signs(bias, dtype)
+    if zero is not None and x.dtype == dtype and _plus_zeros(value):
+        # An exact ReLU rewrite (value +0): x + 0 is x except that -0 becomes +0, so the result
+        # is max(x, b) + 0 -- one pass less. A tie is of equal numbers, or of zeros, which the
+        # + 0 makes +0: the bias's own zero (it holds no -0, checked), as the general product.
+        return torch.maximum(x, b).add_(0.0)
+    term = x + value.reshape(shape)
     if zero is not None:
         # Values only: torch.maximum (several times faster than torch.where on the CPU) is the
         # same max except for which of two tied zeros it returns; the bias holds no -0 (checked),
@@ -276,6 +282,21 @@ def _zero_signs(bias: Tensor, dtype: torch.dtype) -> Tensor | None:
     zero = torch.where(b == 0, 0.0, -0.0).to(dtype) if plain else None
     bias._tropfx_zero_signs = (key, zero)
     return zero
+
+
+def _plus_zeros(value: Tensor) -> bool:
+    """Whether every entry of ``value`` is +0, remembered on it per version and storage (as
+    :func:`_zero_signs`). Not while torch.compile traces (a data-dependent branch)."""
+    if torch.compiler.is_compiling() or isinstance(value, torch.fx.Proxy):
+        return False
+    key = (value._version, value.data_ptr())
+    known = getattr(value, "_tropfx_plus_zeros", None)
+    if known is not None and known[0] == key:
+        return known[1]
+    v = value.detach()
+    result = bool(((v == 0) & ~v.signbit()).all())
+    value._tropfx_plus_zeros = (key, result)
+    return result
 
 
 def _row_major(shape: torch.Size) -> tuple[int, ...]:

@@ -261,7 +261,10 @@ def _is_flat(weight: Tensor) -> bool:
 
 
 def _flat_rows(weight: Tensor) -> bool:
-    return bool((weight.flatten(1) == weight.flatten(1)[:, :1]).all())
+    """Every row one value, zero signs included: ``x + 0`` and ``x + -0`` differ for ``x = -0``,
+    so an SE of 0 and -0 is not flat."""
+    rows = weight.flatten(1)
+    return bool(((rows == rows[:, :1]) & (rows.signbit() == rows[:, :1].signbit())).all())
 
 
 def _finite_or_off(weight: Tensor) -> bool:
