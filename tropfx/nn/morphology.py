@@ -302,7 +302,7 @@ def _flat(x: Tensor, weight: Tensor, grid: _Grid, padding: tuple[int, ...], ceil
                            grid.dilation)
         for i in range(nd):
             pooled = pooled.narrow(2 + i, 0, grid.out[i])
-    return (-pooled) - w if erode else pooled + w
+    return pooled.neg_().sub_(w) if erode else pooled.add_(w)  # in place: pooled is ours
 
 
 def _offsets(weight: Tensor, grid: _Grid, full: bool) -> list[tuple[int | None, tuple[int, ...]]]:
