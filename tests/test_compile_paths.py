@@ -124,7 +124,13 @@ def test_an_se_of_0_and_minus_0_is_not_flat():
 
 # --- lowered morphology ---------------------------------------------------------------------------
 
-needs_kernels = pytest.mark.skipif(not K.load(), reason="the C++ kernels do not build here")
+@pytest.fixture
+def kernels():
+    if not K.load():
+        pytest.skip(f"C++ kernels unavailable: {K.build_info()['error']}")
+
+
+needs_kernels = pytest.mark.usefixtures("kernels")
 
 
 @needs_kernels
