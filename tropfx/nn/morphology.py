@@ -247,9 +247,7 @@ def _pad(x: Tensor, grid: _Grid, padding: tuple[int, ...], fill: float) -> Tenso
         needed = (grid.out[i] - 1) * grid.stride[i] + grid.span(i)
         # ceil_mode's last window may reach past the right padding
         pads += [padding[i], max(needed - x.shape[2 + i] - padding[i], 0)]
-    if not any(pads):
-        return x
-    return F.pad(x, pads, value=fill)
+    return F.pad(x, pads, value=fill) if any(pads) else x
 
 
 def _is_flat(weight: Tensor) -> bool:
@@ -358,10 +356,10 @@ def _shift_reduce(xp: Tensor, weight: Tensor, grid: _Grid, full: bool, erode: bo
             if with_argmax:
                 arg = torch.zeros(best.shape, dtype=_index_dtype(weight[0].numel()),
                                   device=best.device)
-                best_nan = best.isnan()
+                best_nan = best != best  # isnan, as below
             continue
         if with_argmax:
-            term_nan = term.isnan()
+            term_nan = term != term
             take = better(term, best) | (term_nan & ~best_nan)
             arg.masked_fill_(take, j)
             best_nan |= term_nan
