@@ -136,7 +136,7 @@ def dilation2d(x: Tensor, weight: Tensor, stride: IntOrPair = 1, padding: IntOrP
     """Max-plus dilation of (N, C, H, W) by a (C, kh, kw) or (C_out, C, kh, kw) SE: twin of
     :func:`tropfx.nn.morphology.dilation2d` (``chunk_elements`` is accepted for the same signature;
     the kernel never materializes windows, its memory is that of the output)."""
-    if not _kernels(x, weight):
+    if not _morph_kernels(x, weight, 2):
         return TM.dilation2d(x, weight, stride, padding, dilation, ceil_mode,
                              **_chunk(chunk_elements))
     return _morph2d("dilation2d", x, weight, stride, padding, dilation, ceil_mode)
@@ -146,9 +146,21 @@ def erosion2d(x: Tensor, weight: Tensor, stride: IntOrPair = 1, padding: IntOrPa
               dilation: IntOrPair = 1, ceil_mode: bool = False, *,
               chunk_elements: int | None = None) -> Tensor:
     """Min-plus erosion (min of ``x - w``): twin of :func:`tropfx.nn.morphology.erosion2d`."""
-    if not _kernels(x, weight):
+    if not _morph_kernels(x, weight, 2):
         return TM.erosion2d(x, weight, stride, padding, dilation, ceil_mode, **_chunk(chunk_elements))
     return _morph2d("erosion2d", x, weight, stride, padding, dilation, ceil_mode)
+
+
+def _morph_kernels(x: Tensor, weight: Tensor, nd: int) -> bool:
+    """Whether a morphology calls the compiled operator. Not while torch.compile traces a
+    per-channel SE: there the reference's shift-and-max is traced, which inductor fuses into one
+    window loop over the producer's output in its layout (as it does its own max pooling), where
+    the operator is an opaque call; values and gradients are the same (max is exact). A full SE
+    keeps the operator (its shift-and-max unrolls C_in x kernel terms), and so does torch.export."""
+    if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and isinstance(weight, Tensor) and weight.dim() == nd + 1):
+        return False
+    return _kernels(x, weight)
 
 
 def _as_2d(name: str, x: Tensor, weight: Tensor, stride, padding, dilation):
@@ -168,7 +180,7 @@ def dilation1d(x: Tensor, weight: Tensor, stride: IntOrPair = 1, padding: IntOrP
                chunk_elements: int | None = None) -> Tensor:
     """Max-plus dilation of (N, C, L) by a (C, k) or (C_out, C, k) SE: twin of
     :func:`tropfx.nn.morphology.dilation1d`."""
-    if not _kernels(x, weight):
+    if not _morph_kernels(x, weight, 1):
         return TM.dilation1d(x, weight, stride, padding, dilation, ceil_mode,
                              **_chunk(chunk_elements))
     x2, w2, s, p, d = _as_2d("dilation1d", x, weight, stride, padding, dilation)
@@ -179,7 +191,7 @@ def erosion1d(x: Tensor, weight: Tensor, stride: IntOrPair = 1, padding: IntOrPa
               dilation: IntOrPair = 1, ceil_mode: bool = False, *,
               chunk_elements: int | None = None) -> Tensor:
     """Min-plus erosion of (N, C, L): twin of :func:`tropfx.nn.morphology.erosion1d`."""
-    if not _kernels(x, weight):
+    if not _morph_kernels(x, weight, 1):
         return TM.erosion1d(x, weight, stride, padding, dilation, ceil_mode, **_chunk(chunk_elements))
     x2, w2, s, p, d = _as_2d("erosion1d", x, weight, stride, padding, dilation)
     return _morph2d("erosion2d", x2, w2, s, p, d, ceil_mode).squeeze(2)

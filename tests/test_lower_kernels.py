@@ -131,7 +131,9 @@ def test_torch_compile_traces_the_ops():
 
     torch._dynamo.reset()
     assert torch.equal(torch.compile(cm, backend=recording)(x), cm(x))
-    assert any("tropfx.dilation2d" in t for t in seen)
+    # a per-channel dilation is traced as the reference's shift-and-max, which inductor fuses
+    # into one window loop, not an opaque op (torch.export keeps the op: the test below)
+    assert not any("tropfx.dilation2d" in t for t in seen)
     # the exact ReLU rewrites are element-wise torch ops, which inductor can fuse, not opaque ops
     assert not any("tropfx.sparse_maxplus" in t for t in seen)
     assert any("where" in t for t in seen)

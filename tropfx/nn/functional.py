@@ -193,10 +193,12 @@ def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
 
 
 def _is_identity(index: Tensor, size: int) -> bool:
-    """Whether ``index`` (out, 1) reads input ``o`` for output ``o``. Not while torch.compile /
-    torch.export trace (a data-dependent branch): the gather then stays, and inductor fuses it."""
-    if index.shape[0] != size or torch.compiler.is_compiling():
+    """Whether ``index`` (out, 1) reads input ``o`` for output ``o``; remembered on ``index`` per
+    version and storage. While torch.compile / torch.export trace: :func:`_traced_identity`."""
+    if index.shape[0] != size:
         return False
+    if torch.compiler.is_compiling():
+        return _traced_identity(index, size)
     key = (index._version, index.data_ptr(), size)  # remembered per version, as the layers'
     known = getattr(index, "_tropfx_identity", None)  # parameter checks are
     if known is not None and known[0] == key:
@@ -205,6 +207,23 @@ def _is_identity(index: Tensor, size: int) -> bool:
     if not isinstance(index, torch.fx.Proxy):
         index._tropfx_identity = (key, result)
     return result
+
+
+def _traced_identity(index: Tensor, size: int) -> bool:
+    """:func:`_is_identity` under tracing, where reading the index would be a data-dependent
+    branch (a graph break) and a gather stays a gather: inductor loads it element by element.
+    The answer of the last eager call, remembered on ``index``, is read as a constant, and dynamo
+    guards on it (an eager call that finds another answer makes it retrace). An index changed in
+    place since that call is caught by a check in the graph, which raises instead of returning
+    the outputs of the wrong inputs. Without an eager call first, the gather stays."""
+    known = getattr(index, "_tropfx_identity", None)
+    if known is None or not known[1]:
+        return False
+    same = (index[:, 0] == torch.arange(size, device=index.device)).all()
+    torch._assert_async(same, "tropfx: a SparseMaxPlus index changed in place after torch.compile "
+                              "traced it as the identity; run the layer once without "
+                              "torch.compile (or call torch._dynamo.reset()) to retrace")
+    return True
 
 
 def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
@@ -221,18 +240,25 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
     shape = [1] * x.dim()
     if x.dim():
         shape[dim] = -1
-    term = x + value.reshape(shape)
     if bias is None:
-        return term
-    b = bias.to(term.dtype).reshape(shape)
-    zero = None if _needs_grad(term, b) else _zero_signs(bias, term.dtype)
+        return x + value.reshape(shape)
+    dtype = torch.promote_types(x.dtype, value.dtype)  # (that of x + value)
+    b = bias.to(dtype).reshape(shape)
+    zero = None if _needs_grad(x, value, b) else _zero_signs(bias, dtype)
+    if zero is not None and x.dtype == dtype and _plus_zeros(value):
+        # An exact ReLU rewrite (value +0): x + 0 is x except that -0 becomes +0, so the result
+        # is max(x, b) + 0 -- one pass less. A tie is of equal numbers, or of zeros, which the
+        # + 0 makes +0: the bias's own zero (it holds no -0, checked), as the general product.
+        return torch.maximum(x, b).add_(0.0)
+    term = x + value.reshape(shape)
     if zero is not None:
         # Values only: torch.maximum (several times faster than torch.where on the CPU) is the
         # same max except for which of two tied zeros it returns; the bias holds no -0 (checked),
         # so adding +0 where the bias is 0 makes such a tie +0, the bias's own zero, and adding -0
         # elsewhere changes nothing (x + -0 == x for every x, zeros included).
         return torch.maximum(term, b, out=term).add_(zero.reshape(shape))
-    take = (b >= term) | b.isnan()  # the bias sits first in the general product's window
+    take = (b >= term) | (b != b)  # the bias sits first in the general product's window (b != b:
+    # isnan, which inductor vectorizes)
     return torch.where(take, b, term)
 
 
@@ -256,6 +282,21 @@ def _zero_signs(bias: Tensor, dtype: torch.dtype) -> Tensor | None:
     zero = torch.where(b == 0, 0.0, -0.0).to(dtype) if plain else None
     bias._tropfx_zero_signs = (key, zero)
     return zero
+
+
+def _plus_zeros(value: Tensor) -> bool:
+    """Whether every entry of ``value`` is +0, remembered on it per version and storage (as
+    :func:`_zero_signs`). Not while torch.compile traces (a data-dependent branch)."""
+    if torch.compiler.is_compiling() or isinstance(value, torch.fx.Proxy):
+        return False
+    key = (value._version, value.data_ptr())
+    known = getattr(value, "_tropfx_plus_zeros", None)
+    if known is not None and known[0] == key:
+        return known[1]
+    v = value.detach()
+    result = bool(((v == 0) & ~v.signbit()).all())
+    value._tropfx_plus_zeros = (key, result)
+    return result
 
 
 def _row_major(shape: torch.Size) -> tuple[int, ...]:

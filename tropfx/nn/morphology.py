@@ -31,7 +31,10 @@ windows over 256 entries) -- so the intermediates are of the size of the output,
 output``. Without autograd, a per-channel SE with one value per channel (what
 ``maxpool_to_dilation`` produces) is ``F.max_pool`` plus that value, bitwise (rounding is
 monotone). ``chunk_elements`` is accepted for compatibility and bounds nothing any more: no
-intermediate exceeds the padded input or the output.
+intermediate exceeds the padded input or the output. Under torch.compile the shift-and-max is
+traced as written (a flat SE cannot be detected without a data-dependent branch) and inductor fuses
+it, padding included, into one loop over the windows; NaN is tested as ``t != t`` there, which
+inductor vectorizes (its ``isnan`` runs element by element on the CPU).
 """
 
 # No ``from __future__ import annotations``: torch.fx copies the root forward's annotations into the
@@ -256,7 +259,10 @@ def _is_flat(weight: Tensor) -> bool:
 
 
 def _flat_rows(weight: Tensor) -> bool:
-    return bool((weight.flatten(1) == weight.flatten(1)[:, :1]).all())
+    """Every row one value, zero signs included: ``x + 0`` and ``x + -0`` differ for ``x = -0``,
+    so an SE of 0 and -0 is not flat."""
+    rows = weight.flatten(1)
+    return bool(((rows == rows[:, :1]) & (rows.signbit() == rows[:, :1].signbit())).all())
 
 
 def _finite_or_off(weight: Tensor) -> bool:
@@ -294,7 +300,7 @@ def _flat(x: Tensor, weight: Tensor, grid: _Grid, padding: tuple[int, ...], ceil
                            grid.dilation)
         for i in range(nd):
             pooled = pooled.narrow(2 + i, 0, grid.out[i])
-    return (-pooled) - w if erode else pooled + w
+    return pooled.neg_().sub_(w) if erode else pooled.add_(w)  # in place: pooled is ours
 
 
 def _offsets(weight: Tensor, grid: _Grid, full: bool) -> list[tuple[int | None, tuple[int, ...]]]:
@@ -312,9 +318,22 @@ def _shifted(xp: Tensor, grid: _Grid, channel: int | None, offset: tuple[int, ..
     return xp[tuple(index)]
 
 
-def _se_entry(weight: Tensor, channel: int | None, offset: tuple[int, ...], nd: int) -> Tensor:
-    entry = weight[(slice(None), *offset)] if channel is None else weight[(slice(None), channel,
-                                                                          *offset)]
+def _channels_last(weight: Tensor) -> Tensor:
+    """The SE with its output channels last, ``(*rest, C)``, stored so: each entry is then one
+    contiguous vector over the channels. Under torch.compile a stack of the entries, which inductor
+    computes as a buffer of its own; ``movedim(0, -1).contiguous()`` would be inlined into the
+    window loop as a strided gather per vector of channels (inductor vectorizes over the channels
+    of a channels-last activation)."""
+    if not torch.compiler.is_compiling():
+        return weight.movedim(0, -1).contiguous()
+    entries = weight.flatten(1).unbind(1)
+    return torch.stack(entries).view(*weight.shape[1:], weight.shape[0])
+
+
+def _se_entry(se_last: Tensor, channel: int | None, offset: tuple[int, ...], nd: int) -> Tensor:
+    """SE entry ``offset`` (of input channel ``channel``, full form) of every output channel,
+    shaped to broadcast over (N, C, *out); ``se_last`` is :func:`_channels_last`'s layout."""
+    entry = se_last[offset] if channel is None else se_last[(channel, *offset)]
     return entry.view(1, -1, *(1,) * nd)
 
 
@@ -328,23 +347,24 @@ def _shift_reduce(xp: Tensor, weight: Tensor, grid: _Grid, full: bool, erode: bo
     nd = len(grid.kernel)
     better = torch.lt if erode else torch.gt
     best = arg = best_nan = None
+    se_last = _channels_last(weight)
     for j, (channel, offset) in enumerate(_offsets(weight, grid, full)):
-        view, entry = _shifted(xp, grid, channel, offset), _se_entry(weight, channel, offset, nd)
+        view, entry = _shifted(xp, grid, channel, offset), _se_entry(se_last, channel, offset, nd)
         term = view - entry if erode else view + entry
         if best is None:
             best = term.expand(xp.shape[0], weight.shape[0], *grid.out).contiguous()
             if with_argmax:
                 arg = torch.zeros(best.shape, dtype=_index_dtype(weight[0].numel()),
                                   device=best.device)
-                best_nan = best.isnan()
+                best_nan = best != best  # isnan, as below
             continue
         if with_argmax:
-            term_nan = term.isnan()
+            term_nan = term != term
             take = better(term, best) | (term_nan & ~best_nan)
             arg.masked_fill_(take, j)
             best_nan |= term_nan
         else:  # a NaN best stays: nothing compares better than it, and NaN terms replace it by NaN
-            take = better(term, best) | term.isnan()
+            take = better(term, best) | (term != term)  # (!= : isnan, which inductor vectorizes)
         best = torch.where(take, term, best)
     return best, arg
 
