@@ -233,7 +233,11 @@ class ReluToMaxPlus(GraphPass):
         dim = 1 if len(shape) >= 2 else 0
         layers = []
         if lo is not None:
-            layers.append((identity_maxplus(shape[dim], dim, dtype, lo), f"{node.name}_maxplus"))
+            layer = identity_maxplus(shape[dim], dim, dtype, lo)
+            # an in-place ReLU's input is read by nothing after it (checked above): the layer may
+            # write into it too, and save the output's allocation
+            layer.inplace = bool(op.args.get("inplace"))
+            layers.append((layer, f"{node.name}_maxplus"))
         if hi is not None:
             layers.append((identity_minplus(shape[dim], dim, dtype, hi), f"{node.name}_minplus"))
         return layers

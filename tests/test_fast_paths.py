@@ -340,3 +340,33 @@ def test_se_checks_are_remembered_until_the_se_changes():
         layer.weight[1, 1, 1] = math.nan
     with pytest.raises(ParameterError, match="NaN"):
         layer(x)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_an_in_place_relus_rewrite_writes_into_its_input_on_the_value_path(grad):
+    """relu_to_maxplus marks the rewrite of ReLU(inplace=True) in place: without autograd it writes
+    into its input (no output to allocate, as the ReLU did), bitwise ReLU; with autograd it is the
+    out-of-place path, with ReLU's gradient. A ReLU that was not in place stays out of place."""
+    import tropfx
+    from tropfx import passes as tp
+
+    gen = torch.Generator().manual_seed(5)
+    x = grid((2, 3, 4, 4), gen, specials=False)
+    for inplace in (True, False):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU(inplace=inplace))
+        cm = tropfx.compile(model, [tp.relu_to_maxplus()], example_inputs=(x,))
+        layer = next(m for m in cm.modules() if isinstance(m, SparseMaxPlus))
+        assert layer.inplace is inplace
+        conv_out = model[0](x).detach().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            ref = torch.relu(conv_out.clone())  # before the layer may overwrite conv_out
+            y = layer(conv_out)
+        assert_bitwise(y, ref)
+        wrote_into_input = y.data_ptr() == conv_out.data_ptr()
+        assert wrote_into_input is (inplace and not grad)
+        if grad:
+            (g,) = torch.autograd.grad(y.sum(), conv_out)
+            (g_ref,) = torch.autograd.grad(torch.relu(conv_out).sum(), conv_out)
+            assert_bitwise(g, g_ref)
+        with torch.no_grad():
+            assert_bitwise(cm(x), model(x))

@@ -160,7 +160,7 @@ def minplus(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
 
 
 def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None = None, *,
-                   dim: int = -1) -> Tensor:
+                   dim: int = -1, inplace: bool = False) -> Tensor:
     """Sparse max-plus product along ``dim``: output ``o`` reads the ``k`` inputs
     ``index[o, :]`` with weights ``value[o, :]``:
 
@@ -169,13 +169,14 @@ def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None 
     Works on ``(..., in, ...)`` with ``in`` at ``dim``; memory ``O(numel(y) * (k + 1))``. With
     ``k = 1`` there is nothing to reduce: one gather (none for the identity index of an exact ReLU
     rewrite) and :func:`diagonal_maxplus`'s element-wise max, with the same values and gradients.
+    ``inplace`` is :func:`diagonal_maxplus`'s, for the identity index.
     """
     x, value, bias = autocast_float32(x, value, bias)
     out, k = index.shape
     if k == 1:
         if not _is_identity(index, x.shape[dim] if x.dim() else -1):
-            x = x.index_select(dim, index[:, 0])
-        return diagonal_maxplus(x, value, bias, dim=dim)
+            x, inplace = x.index_select(dim, index[:, 0]), False
+        return diagonal_maxplus(x, value, bias, dim=dim, inplace=inplace)
     moved = x.movedim(dim, -1)
     gathered = moved.index_select(-1, index.reshape(-1)).unflatten(-1, (out, k)) + value
     if bias is not None:
@@ -227,7 +228,7 @@ def _traced_identity(index: Tensor, size: int) -> bool:
 
 
 def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
-                     dim: int = -1) -> Tensor:
+                     dim: int = -1, inplace: bool = False) -> Tensor:
     """The max-plus product with one input per output, ``y_c = max(x_c + value_c, b_c)`` along
     ``dim`` (``value`` of shape (C,) or (C, 1)): ``sparse_maxplus`` with ``k = 1`` and the identity
     index, as element-wise torch ops (which torch.compile fuses into the producing conv, as it
@@ -235,6 +236,10 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
 
     The same rules as the general product: the bias wins a tie (and a NaN bias wins), a NaN
     term wins over a number; the gradient goes to the winner only.
+
+    ``inplace=True`` lets the values-only path of an exact ReLU rewrite (value +0, no autograd)
+    write the result into ``x``, as ``nn.ReLU(inplace=True)`` does (``relu_to_maxplus`` sets it
+    where the ReLU it replaces was in place): no output to allocate. Elsewhere it is ignored.
     """
     x, value, bias = autocast_float32(x, value, bias)
     shape = [1] * x.dim()
@@ -249,7 +254,7 @@ def diagonal_maxplus(x: Tensor, value: Tensor, bias: Tensor | None = None, *,
         # An exact ReLU rewrite (value +0): x + 0 is x except that -0 becomes +0, so the result
         # is max(x, b) + 0 -- one pass less. A tie is of equal numbers, or of zeros, which the
         # + 0 makes +0: the bias's own zero (it holds no -0, checked), as the general product.
-        return torch.maximum(x, b).add_(0.0)
+        return torch.maximum(x, b, out=x if inplace else None).add_(0.0)
     term = x + value.reshape(shape)
     if zero is not None:
         # Values only: torch.maximum (several times faster than torch.where on the CPU) is the

@@ -115,10 +115,16 @@ class SparseMaxPlus(nn.Module):
             -INIT_SCALE, INIT_SCALE, generator=generator))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
+    # An exact ReLU rewrite of an in-place ReLU may write into its input (values only, see
+    # TF.diagonal_maxplus); relu_to_maxplus sets it on the instance. Max-plus class only.
+    inplace = False
+
     def forward(self, x: Tensor) -> Tensor:
         check_parameters(self.value, self.bias, self._sign, type(self).__name__)
-        fn = TF.sparse_maxplus if self._sign > 0 else TF.sparse_minplus
-        return fn(x, self.index, self.value, self.bias, dim=self.dim)
+        if self._sign < 0:
+            return TF.sparse_minplus(x, self.index, self.value, self.bias, dim=self.dim)
+        return TF.sparse_maxplus(x, self.index, self.value, self.bias, dim=self.dim,
+                                 inplace=self.inplace)
 
     @classmethod
     def identity(cls, features: int, *, dim: int = -1, bias: bool = True,
