@@ -99,6 +99,9 @@ _SEEDING_DIM = 256
 """Above this many dimensions k-means++ seeding runs on a Gaussian random projection to this many
 dimensions (Johnson-Lindenstrauss): sklearn's greedy seeding on 4096 x 8193 vectors with K = 2048
 takes ~8 minutes, on the projection ~3 s. Lloyd iterations always use the full vectors."""
+_SEEDING_TABLE_ROWS = 8192
+"""k-means++ seeding keeps the ``n x n`` table of squared distances (256 MiB at most) up to this
+many rows."""
 MAX_HAUSDORFF_GENERATORS = 14
 """Vertex enumeration visits all 2**k subset sums of a zonotope's k (non-zero) generators."""
 
@@ -288,6 +291,11 @@ def _kmeans_plusplus(x: Tensor, k: int, seed: int) -> Tensor:
     closest = (xx + xx[chosen[0]] - 2 * x @ x[chosen[0]]).clamp_min(0)
     closest[chosen[0]] = 0.0
     rows = torch.arange(trials)
+    # every pairwise distance at once when the steps would compute more of them (trials * k rows
+    # of n) and they fit: one large product instead of k skinny ones (VGG-16's 4096-neuron
+    # groups: 0.4 s instead of 2.5 s)
+    table = torch.addmm(xx[:, None] + xx[None, :], x, xt, alpha=-2.0).clamp_min_(0) \
+        if n <= _SEEDING_TABLE_ROWS and trials * (k - 1) >= n else None
     for _ in range(1, k):
         total = float(closest.sum())
         if total <= 0:  # fewer distinct rows than k: the rest would be duplicates
@@ -297,7 +305,8 @@ def _kmeans_plusplus(x: Tensor, k: int, seed: int) -> Tensor:
         cand = torch.searchsorted(torch.cumsum(closest, 0),
                                   torch.rand(trials, generator=gen, dtype=x.dtype) * total)
         cand = cand.clamp(max=n - 1)
-        d = torch.addmm(xx[cand, None] + xx[None, :], x[cand], xt, alpha=-2.0).clamp_min_(0)
+        d = table[cand] if table is not None else \
+            torch.addmm(xx[cand, None] + xx[None, :], x[cand], xt, alpha=-2.0).clamp_min_(0)
         d[rows, cand] = 0.0
         torch.minimum(d, closest[None], out=d)
         best = int(d.sum(1).argmin())
