@@ -272,6 +272,7 @@ class TropNNC(GraphPass):
                 return r
         return None
 
+    @T.shared_projections()  # the groups' K-means seeding projections: one draw per model
     def run(self, gm: fx.GraphModule) -> PassResult:
         stats = PassStats()
         plans = []

@@ -124,3 +124,16 @@ def test_small_groups_run_on_one_thread_and_threads_come_back(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_shared_projections_are_the_fresh_draws():
+    fresh = {(s, d): T._projection(s, d) for s in (0, 1) for d in (300, 40, 700, 500)}
+    with T.shared_projections():
+        for (s, d), R in fresh.items():  # growing and shrinking, two seeds interleaved
+            assert torch.equal(T._projection(s, d), R)
+    assert T._PROJECTIONS.get() is None  # the draws are dropped with the block
+    x = torch.randn(64, 300, generator=torch.Generator().manual_seed(0))
+    with T.shared_projections():
+        T._projection(0, 1000)
+        shared = T.kmeans_labels(x, 20, 0)
+    assert torch.equal(shared, T.kmeans_labels(x, 20, 0))

@@ -37,9 +37,12 @@ clusters have fewer distinct values than clusters asked of it (identical ones me
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import math
 import warnings
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -72,6 +75,7 @@ __all__ = [
     "point_to_zonotope_distance",
     "random_structured",
     "rebuild",
+    "shared_projections",
     "theorem11_bound",
     "thinet",
     "unflatten_kernels",
@@ -243,8 +247,7 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
     for s in range(seed, seed + n_init):
         seeding = x64 if x64 is not None else x32
         if long:
-            R = np.random.default_rng(s).standard_normal((X.shape[1], _SEEDING_DIM))
-            seeding = x32 @ torch.from_numpy(R).float()
+            seeding = x32 @ _projection(s, X.shape[1])
         if backend == "sklearn":
             labels, inertia = _sklearn_kmeans(x64, seeding, k, s, max_iter, tol)
         else:
@@ -262,6 +265,38 @@ def kmeans_labels(X: Tensor, k: int, seed: int = 0, *, max_iter: int = KMEANS_MA
         if best is None or inertia < best_inertia:
             best, best_inertia = labels, inertia
     return torch.unique(best, return_inverse=True)[1]
+
+
+_PROJECTIONS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("projections",
+                                                                          default=None)
+
+
+@contextlib.contextmanager
+def shared_projections() -> Iterator[None]:
+    """Within the block, :func:`kmeans_labels` takes its seeding projections from one growing
+    draw per seed instead of drawing each anew: numpy's ``standard_normal((d, 256))`` is the first
+    ``d`` rows of the draw for more rows, so the result is the same. The groups of a model then
+    draw only the longest one (resnet50: 5.6k rows instead of ~110k, 0.7 s of CPU). Also usable
+    as a decorator; the draws are dropped when the block ends."""
+    token = _PROJECTIONS.set({})
+    try:
+        yield
+    finally:
+        _PROJECTIONS.reset(token)
+
+
+def _projection(seed: int, d: int) -> Tensor:
+    """The ``(d, _SEEDING_DIM)`` float32 Gaussian projection of ``seed`` (see
+    :func:`shared_projections`)."""
+    shared = _PROJECTIONS.get()
+    if shared is None:
+        return torch.from_numpy(np.random.default_rng(seed).standard_normal((d, _SEEDING_DIM))).float()
+    gen, R = shared.get(seed) or (np.random.default_rng(seed), torch.empty(0, _SEEDING_DIM))
+    if R.shape[0] < d:  # the stream goes on where the shorter draw stopped
+        more = torch.from_numpy(gen.standard_normal((d - R.shape[0], _SEEDING_DIM))).float()
+        R = torch.cat([R, more])
+        shared[seed] = gen, R
+    return R[:d]
 
 
 def _sklearn_kmeans(x64: Tensor, seeding: Tensor, k: int, seed: int, max_iter: int,
