@@ -6,6 +6,10 @@ measured in the same run, interleaved (sklearn, torch, sklearn, torch, ...), med
 Goals (issue 19): <= 20 s per VGG / AlexNet model, <= 10 s for resnet50, on 2 cores.
 
     python benchmarks/tropnnc_speed.py [--models alexnet,vgg16] [--repeats 1] [--threads 2]
+    python benchmarks/tropnnc_speed.py --backends torch --verify both   # cost of verification
+
+``--verify both`` times ``verify=False`` and ``verify=True`` (compile's default when
+``example_inputs`` are given) interleaved, with the torch backend.
 
 Needs torchvision (not a tropfx dependency); without it the script says so and exits 0.
 """
@@ -16,12 +20,14 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
 import tropfx
 from tropfx import passes as tp
 from tropfx import tropnnc as T
+from tropfx.verify import VerificationWarning
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from tropnnc_zoo import load_torchvision  # noqa: E402 - the script's own directory
@@ -29,15 +35,18 @@ from tropnnc_zoo import load_torchvision  # noqa: E402 - the script's own direct
 MODELS = ("alexnet", "vgg11_bn", "vgg16", "resnet50")
 
 
-def once(torchvision, name: str, backend: str, ratio: float) -> tuple[float, float, int, int]:
+def once(torchvision, name: str, backend: str, ratio: float,
+         verify: bool = False) -> tuple[float, float, int, int]:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(1, 3, 224, 224)
     T.KMEANS_BACKEND = backend
     try:
         start, cpu = time.perf_counter(), time.process_time()
-        cm = tropfx.compile(model, [tp.tropnnc(ratio=ratio, progress=False)],
-                            example_inputs=(x,), verify=False)
+        with warnings.catch_warnings():  # random init: "verification is inconclusive"
+            warnings.simplefilter("ignore", VerificationWarning)
+            cm = tropfx.compile(model, [tp.tropnnc(ratio=ratio, progress=False)],
+                                example_inputs=(x,), verify=verify)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         T.KMEANS_BACKEND = "torch"
@@ -51,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backends", default="sklearn,torch")
+    ap.add_argument("--verify", choices=("off", "on", "both"), default="off")
     args = ap.parse_args(argv)
     torchvision = load_torchvision()
     if torchvision is None:
         print("torchvision is not installed; nothing to measure (pip install torchvision)")
         return 0
     torch.set_num_threads(args.threads)
+    if args.verify != "off":
+        return verify_cost(torchvision, args)
     backends = args.backends.split(",")
     print(f"tropnnc ratio={args.ratio}, torch {torch.__version__}, {args.threads} threads, "
           f"medians of {args.repeats}")
@@ -78,6 +90,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {before / 1e6:.1f}M -> {after / 1e6:.1f}M | " +
               " | ".join(f"{med[b][0]:.1f} ({med[b][1]:.1f})" for b in backends) + " |" + ratio,
               flush=True)
+    return 0
+
+
+def verify_cost(torchvision, args: argparse.Namespace) -> int:
+    """compile with verify=False and verify=True (torch backend), interleaved, medians."""
+    modes = [False, True] if args.verify == "both" else [True]
+    print(f"tropnnc ratio={args.ratio}, torch backend, torch {torch.__version__}, {args.threads} "
+          f"threads, medians of {args.repeats}; wall (process CPU) s")
+    print("| model | " + " | ".join(f"verify={v}" for v in modes) + " |")
+    print("| --- | " + " | ".join("---" for _ in modes) + " |")
+    for name in args.models.split(","):
+        times: dict[bool, list[tuple[float, float]]] = {v: [] for v in modes}
+        for _ in range(args.repeats):
+            for v in modes:
+                seconds, cpu, _, _ = once(torchvision, name, "torch", args.ratio, verify=v)
+                times[v].append((seconds, cpu))
+        print(f"| {name} | " + " | ".join(
+            f"{statistics.median(s for s, _ in t):.1f} ({statistics.median(c for _, c in t):.1f})"
+            for t in times.values()) + " |", flush=True)
     return 0
 
 

@@ -12,9 +12,10 @@ in :mod:`tropfx.channels`; this pass reads match -> plan -> rewrite:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -71,6 +72,16 @@ class Problem:
         """The clustering vectors ``(a_i, b_i, C_:,i)`` of TropNNC Alg. 2, step 1."""
         return torch.cat([self.A0, self.b0[:, None], self.C.T], 1)
 
+    def vectors_as(self, dtype: torch.dtype) -> Tensor:
+        """:attr:`vectors` in ``dtype``, converted while they are copied (float32: 0.25 s instead
+        of 0.66 s for a float64 copy and its conversion on VGG-16's largest group)."""
+        a = self.A0.shape[1]
+        out = torch.empty(self.A0.shape[0], a + 1 + self.C.shape[0], dtype=dtype)
+        out[:, :a].copy_(self.A0)
+        out[:, a].copy_(self.b0)
+        out[:, a + 1:].copy_(self.C.T)
+        return out
+
 
 def _rule(rule: str) -> Callable[[Problem, Tensor], T.CompressedLayer]:
     return lambda p, labels: T.rebuild(p.A, p.b, p.C, labels, rule, num_iter=p.num_iter)
@@ -99,8 +110,10 @@ class Method:
 
 
 def _multi(p: Problem, K: int) -> Tensor:
-    # Alg. 2, step 1 (compress_multi's clustering, without building its layer twice)
-    return T.kmeans_labels(p.vectors, K, p.seed, n_init=p.restarts)
+    # Alg. 2, step 1 (compress_multi's clustering, without building its layer twice); the torch
+    # K-means clusters float32 rows, scikit-learn's float64 ones
+    vectors = p.vectors if T.KMEANS_BACKEND == "sklearn" else p.vectors_as(torch.float32)
+    return T.kmeans_labels(vectors, K, p.seed, n_init=p.restarts)
 
 
 METHODS: dict[str, Method] = {
@@ -125,6 +138,10 @@ METHODS: dict[str, Method] = {
 
 _BOUND_MAX_NEURONS = 10  # vertex enumeration: 2**n subset sums per zonotope, per output
 _BOUND_MAX_OUTPUTS = 64
+_PARALLEL_PARAMS = 1 << 24
+"""Groups with fewer parameters are compressed on one thread: their many small tensor ops gain
+nothing from a second thread, and on a busy machine every parallel region waits for a thread
+that is not running (resnet50 on 2 threads, load ~6: 36 s against 7 s on one; issue 19, item 4)."""
 
 
 class _Decline(Exception):
@@ -255,6 +272,7 @@ class TropNNC(GraphPass):
                 return r
         return None
 
+    @T.shared_projections()  # the groups' K-means seeding projections: one draw per model
     def run(self, gm: fx.GraphModule) -> PassResult:
         stats = PassStats()
         plans = []
@@ -284,7 +302,8 @@ class TropNNC(GraphPass):
             quiet = True  # a bar for a handful of groups is noise
         for group, ratio in progress(plans, desc="tropnnc", unit="group", quiet=quiet):
             try:
-                row = self._compress(gm, group, ratio)
+                with _threads_for(gm, group):
+                    row = self._compress(gm, group, ratio)
             except _Decline as reason:
                 stats.skip(group.name, str(reason))
                 continue
@@ -314,19 +333,21 @@ class TropNNC(GraphPass):
         build = [read_rows(gm, p, fold=True) for p in ins]
         clus = build if self.batchnorm == "fuse" or not folded else \
             [read_rows(gm, p, fold=False) for p in ins]
-        for rows in (*build, *clus):
-            if not bool(torch.isfinite(rows).all()):
+        for rows in (*build, *(clus if clus is not build else ())):
+            if not T.all_finite(rows):
                 raise _Decline(f"{self.method}: A contains NaN or infinite values; compress only "
                                "finite weights")
         cols = [read_rows(gm, p) for p in outs]
-        C = torch.cat(cols, 1).T if outs else build[0].new_zeros(0, group.size)
-        if not bool(torch.isfinite(C).all()):
+        C = (torch.cat(cols, 1) if len(cols) > 1 else cols[0]).T if outs \
+            else build[0].new_zeros(0, group.size)
+        if not T.all_finite(C):
             raise _Decline(f"{self.method}: C contains NaN or infinite values; compress only "
                            "finite weights")
 
         def split(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
             # the first producer's bias is b; every other column is part of A
-            return torch.cat([rows[0][:, :-1], *rows[1:]], 1), rows[0][:, -1]
+            A = torch.cat([rows[0][:, :-1], *rows[1:]], 1) if len(rows) > 1 else rows[0][:, :-1]
+            return A, rows[0][:, -1]
 
         (A, b), (A0, b0) = split(build), split(clus)
         contributions = None
@@ -526,6 +547,19 @@ def _macs(group: Group) -> int | None:
     nodes = [p.member.node for p in group.parts if p.member.role in ("producer", "consumer")]
     costs = [n.meta.get("tropfx", {}).get("cost", {}).get("macs") for n in nodes]
     return None if any(c is None for c in costs) else sum(costs)
+
+
+@contextlib.contextmanager
+def _threads_for(gm: fx.GraphModule, group: Group) -> Iterator[None]:
+    """One torch thread while compressing a group smaller than :data:`_PARALLEL_PARAMS`."""
+    before = torch.get_num_threads()
+    targets = list(dict.fromkeys(p.member.target for p in group.parts if p.member.role != "view"))
+    if before > 1 and _params(gm, targets) < _PARALLEL_PARAMS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cup_labels(vectors: Tensor, labels: Tensor) -> Tensor:

@@ -81,7 +81,8 @@ def count_active_params(module: nn.Module) -> int:
                 continue
             seen.add(id(p))
             p = p.detach()
-            active += int(torch.isfinite(p).sum() if name in tropical else (p != 0).sum())
+            # count_nonzero: no boolean copy (VGG-16's 102M-weight layer: 0.05 s, not 0.6 s)
+            active += int(torch.isfinite(p).sum() if name in tropical else torch.count_nonzero(p))
     return active
 
 
