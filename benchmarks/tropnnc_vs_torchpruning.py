@@ -308,7 +308,9 @@ def plot(raw: dict, path: Path) -> str:
     except ImportError:
         return "matplotlib is not installed: no plot (pip install -e '.[plot]')"
     runs, ratios = raw["runs"], raw["config"]["ratios"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     styles = {"tropnnc-multi": ("tab:blue", "o"), "torch-pruning": ("tab:red", "s"),
               "torch-pruning-folded": ("tab:orange", "^")}
     best = raw.get("best", {})
@@ -324,6 +326,10 @@ def plot(raw: dict, path: Path) -> str:
                 if rows:
                     pts.append((statistics.fmean(row["params"] for row in rows),
                                 *mean_std([100 * row[key] for row in rows])))
+                    if name == "tropnnc-best-other":  # which method it is at this ratio
+                        ax.annotate(method.removeprefix("tropnnc-"), pts[-1][:2], fontsize=7,
+                                    xytext=(-4, 6), textcoords="offset points", ha="right",
+                                    color="tab:green")
             if pts:
                 color, marker = styles.get(name, ("tab:green", "D"))
                 x, y, e = zip(*sorted(pts), strict=True)
@@ -331,14 +337,18 @@ def plot(raw: dict, path: Path) -> str:
                 ax.errorbar(x, y, yerr=e, color=color, marker=marker, capsize=3, label=label)
         base = mean_std([100 * run["acc"] for run in runs])
         ax.axhline(base[0], color="gray", ls="--", lw=1, label="uncompressed")
-        ax.axhline(10, color="gray", ls=":", lw=1, label="chance")
+        if key == "acc":  # fine-tuned accuracies are far from chance: let that axis zoom in
+            ax.axhline(10, color="gray", ls=":", lw=1, label="chance")
+            ax.set_ylim(0, 100)
         ax.set_xscale("log")
-        ax.set_ylim(0, 100)
+        thousands = FuncFormatter(lambda v, _: f"{v / 1000:g}k")
+        ax.xaxis.set_major_formatter(thousands)
+        ax.xaxis.set_minor_formatter(thousands)
         ax.set_xlabel("parameters")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("MNIST test accuracy (%)")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="upper left")
     width = raw["config"].get("width", 1)
     fig.suptitle(f"ResCNN{f' x{width} wide' if width != 1 else ''} on MNIST "
                  f"({raw['params']} params), data-free compression, mean ± std over {len(runs)} seeds",
@@ -392,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                              "none in a --smoke run)")
     parser.add_argument("--retrain", action="store_true", help="ignore the cached trained weights")
     parser.add_argument("--plot-only", action="store_true", help="redraw tables and plot from --json")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="with --plot-only: fine-tuned results of other runs of the same seeds "
+                             "(e.g. other --finetune-ratios) to merge into --json")
     parser.add_argument("--train-only", action="store_true", help="train (and cache) the seeds only")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds: 1 seed, 2000 training / 1000 test images, r = 0.5, no cache")
@@ -401,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         args.plot = args.plot or FIGURES / "tropnnc_vs_torchpruning.png"
     if args.plot_only:
         raw = json.loads(args.json.read_text())
+        for other in args.merge:
+            merge(raw, json.loads(other.read_text()))
+            save(raw, args)
         print(tables(raw))
         print(plot(raw, args.plot))
         return 0
@@ -484,6 +500,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot is not None:
         print(plot(raw, args.plot))
     return 0
+
+
+def merge(raw: dict, other: dict) -> None:
+    """Take ``other``'s fine-tuned accuracies where ``raw`` has none (the same seeds and models:
+    their accuracies without fine-tuning must agree)."""
+    for run, theirs in zip(raw["runs"], other["runs"], strict=False):
+        for r, rows in theirs["ratios"].items():
+            for name, row in rows.items():
+                mine = run["ratios"].get(r, {}).get(name)
+                if mine is None or row.get("acc_ft") is None or mine.get("acc_ft") is not None:
+                    continue
+                if (mine["params"], mine["acc"]) != (row["params"], row["acc"]):
+                    raise SystemExit(f"--merge: seed {run['seed']} r={r} {name} differs "
+                                     f"({mine['params']}, {mine['acc']}) vs ({row['params']}, "
+                                     f"{row['acc']}): not the same model")
+                mine.update(acc_ft=row["acc_ft"], ft_seconds=row["ft_seconds"])
 
 
 def save(raw: dict, args: argparse.Namespace) -> None:
