@@ -8,14 +8,14 @@ Three variants of ``tp.tropnnc(ratio=r, method="multi")``:
 * ``fuse first``: ``[tp.fuse_batchnorm(), tp.tropnnc(...)]`` -- every BatchNorm, the depthwise
   conv's included, folded before TropNNC sees the model (so it clusters fused weights).
 
-tp.tropnnc has no such option: it always folds a producer's BatchNorm into it (batchnorm="prefusion"
-or "fuse", TropNNC §6). The pass already merges the parameters of BatchNorms that it cannot fold
-(mean of weight, bias, running mean and variance per cluster, as for the producers' rows). This
-script makes every BatchNorm such a one by clearing ``Member.fold`` on the groups the pass sees
-(a monkeypatch of ``ChannelGraph`` in the pass module -- NOT a supported option), and compares it
-with the usual folded TropNNC on the cached trained models of benchmarks/tropnnc_vs_torchpruning.py.
+``batchnorm="keep"`` is the option added to the pass on this branch (it gives the same numbers
+as the monkeypatch of ChannelGraph this experiment first used: every producer's ``Member.fold``
+cleared, so each BatchNorm is merged like the ones the pass cannot fold). Compared on the cached
+trained models of benchmarks/tropnnc_vs_torchpruning.py.
 
-    OMP_NUM_THREADS=1 .venv/bin/python .notes/mnist/bn_experiment.py [--seeds 5] [--finetune]
+    OMP_NUM_THREADS=1 .venv/bin/python .notes/mnist/bn_experiment.py                # no fine-tuning
+    OMP_NUM_THREADS=1 .venv/bin/python .notes/mnist/bn_experiment.py --ratios 0.5 0.25 \
+        --variants "BN kept (merged)" --finetune "BN kept (merged)"
 """
 
 import argparse
@@ -31,21 +31,6 @@ import tropnnc_vs_torchpruning as B  # noqa: E402
 import tropfx  # noqa: E402
 from tropfx import passes as tp  # noqa: E402
 
-P = sys.modules["tropfx.passes.tropnnc"]
-_Graph = P.ChannelGraph
-
-
-class KeptBN:
-    """ChannelGraph whose producers fold no BatchNorm: every BN is a 'batchnorm' member whose
-    rows are merged (mean) like the producers'."""
-
-    def __init__(self, gm):
-        self.groups = _Graph(gm).groups
-        for g in self.groups:
-            for p in g.parts:
-                p.member.fold = None
-
-
 VARIANTS = ("folded", "BN kept (merged)", "fuse_batchnorm first")
 
 
@@ -54,18 +39,17 @@ def run(model, example, r, variant):
         cm = tropfx.compile(model, [tp.fuse_batchnorm(), tp.tropnnc(ratio=r)],
                             example_inputs=(example,))
         return cm, cm.report.rows[-1].skipped
-    P.ChannelGraph = KeptBN if variant == VARIANTS[1] else _Graph
-    try:
-        return B.tropnnc(model, example, ratio=r, method="multi")
-    finally:
-        P.ChannelGraph = _Graph
+    return B.tropnnc(model, example, ratio=r, method="multi",
+                     batchnorm="keep" if variant == VARIANTS[1] else "prefusion")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.75, 0.5, 0.25])
-    ap.add_argument("--finetune", action="store_true")
+    ap.add_argument("--finetune", nargs="*", default=[], choices=VARIANTS,
+                    help="variants to fine-tune for one epoch (as the benchmark does)")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
     bargs = B.argparse.Namespace(epochs=3, lr=3e-3, retrain=False, smoke=False, data_dir=None,
@@ -76,11 +60,11 @@ def main():
     for seed in range(args.seeds):
         model, _ = B.trained(seed, data, bargs)
         for r in args.ratios:
-            for variant in VARIANTS:
+            for variant in args.variants:
                 m, skipped = run(model, x[:1], r, variant)
                 a0 = B.accuracy(m, x, y)
                 a1 = None
-                if args.finetune:
+                if variant in args.finetune:
                     B.train(m, data["x_train"], data["y_train"], seed + 1000, 1, 1e-3, "cosine")
                     a1 = B.accuracy(m, x, y)
                 res.setdefault((r, variant), []).append((B.n_params(m), a0, a1))
