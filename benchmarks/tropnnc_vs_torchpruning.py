@@ -7,7 +7,8 @@ training images (``--epochs``, Adam with a one-cycle learning rate; cached under
 
 * ``tropfx.compile(model, [tp.tropnnc(ratio=r, method=m)])`` keeping ``r`` of the channels in every
   group, for ``m = "multi"`` and every method of ``--others`` (``nonuniform-v1`` / ``-v2``: a
-  ``threshold`` bisected to TropNNC-multi's parameter count);
+  ``threshold`` bisected to TropNNC-multi's parameter count; ``multi-keep``: ``batchnorm="keep"``,
+  every BatchNorm kept and merged per cluster instead of folded);
 * Torch-Pruning's ``MagnitudePruner`` with ``GroupMagnitudeImportance(p=1)``, on the model as
   trained (``torch-pruning``: BatchNorm kept) and on a copy with every BatchNorm folded into its
   conv (``torch-pruning-folded``: the model TropNNC sees, since TropNNC folds BatchNorm, TropNNC
@@ -60,7 +61,8 @@ FIGURES = HERE / "figures"
 ARCH = "rescnn-v1"  # part of the cache key: bump it when ResCNN changes
 
 NONUNIFORM = {"nonuniform-v1": "v1", "nonuniform-v2": "v2"}
-TROP_OTHERS = ["iterative", "neural_path_kmeans", "zonotope_kmeans", "l1", *NONUNIFORM]
+# "multi-keep": Alg. 2 with batchnorm="keep" (BatchNorm kept, merged per cluster; not folded)
+TROP_OTHERS = ["iterative", "neural_path_kmeans", "zonotope_kmeans", "l1", *NONUNIFORM, "multi-keep"]
 TP_METHODS = ["torch-pruning", "torch-pruning-folded"]
 MATCH = 0.05  # a method's parameter count counts as matched within 5 % of TropNNC-multi's
 CHANCE = 0.2  # mean accuracies both below this are "near chance" (10 classes)
@@ -224,7 +226,9 @@ def compress_all(model: nn.Module, example: torch.Tensor, r: float, args: argpar
             m, thr, skipped = tropnnc_matched(model, example, target, NONUNIFORM[name], args.steps)
             facts = {"threshold": thr}
         else:
-            m, skipped = tropnnc(model, example, ratio=r, method=name)
+            keep = name == "multi-keep"
+            m, skipped = tropnnc(model, example, ratio=r, method="multi" if keep else name,
+                                 batchnorm="keep" if keep else "prefusion")
             facts = {}
         out[f"tropnnc-{name}"] = (m, {**facts, "skipped": skipped,
                                       "seconds": time.perf_counter() - t0})
@@ -311,8 +315,8 @@ def plot(raw: dict, path: Path) -> str:
     from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    styles = {"tropnnc-multi": ("tab:blue", "o"), "torch-pruning": ("tab:red", "s"),
-              "torch-pruning-folded": ("tab:orange", "^")}
+    styles = {"tropnnc-multi": ("tab:blue", "o"), "tropnnc-multi-keep": ("tab:purple", "v"),
+              "torch-pruning": ("tab:red", "s"), "torch-pruning-folded": ("tab:orange", "^")}
     best = raw.get("best", {})
     for ax, key, title in ((axes[0], "acc", "no fine-tuning"),
                            (axes[1], "acc_ft", "after 1 epoch of fine-tuning")):
@@ -386,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-size", type=int, default=10000)
     parser.add_argument("--others", nargs="*", default=TROP_OTHERS, choices=TROP_OTHERS,
                         help="the other TropNNC methods (default: all)")
-    parser.add_argument("--finetune", nargs="*", default=["tropnnc-multi", "best", *TP_METHODS],
+    parser.add_argument("--finetune", nargs="*",
+                        default=["tropnnc-multi", "tropnnc-multi-keep", "best", *TP_METHODS],
                         help="methods fine-tuned for one epoch ('best': the best other TropNNC "
                              "method at each ratio); none: no fine-tuning")
     parser.add_argument("--steps", type=int, default=12, help="bisection steps (parameter match)")
@@ -509,6 +514,9 @@ def merge(raw: dict, other: dict) -> None:
         for r, rows in theirs["ratios"].items():
             for name, row in rows.items():
                 mine = run["ratios"].get(r, {}).get(name)
+                if mine is None and r in run["ratios"]:  # a method this run did not have
+                    run["ratios"][r][name] = row
+                    continue
                 if mine is None or row.get("acc_ft") is None or mine.get("acc_ft") is not None:
                     continue
                 if (mine["params"], mine["acc"]) != (row["params"], row["acc"]):

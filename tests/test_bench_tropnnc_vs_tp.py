@@ -63,8 +63,10 @@ def test_smoke_run_writes_every_method_and_the_plot(tmp_path):
         assert abs(rows["torch-pruning-folded"]["params"] - multi) <= 0.05 * multi
     for name, row in rows.items():
         assert 0 <= row["acc"] <= 1, name
-    tuned = [name for name, row in rows.items() if row["acc_ft"] is not None]
-    assert "tropnnc-multi" in tuned and len(tuned) == 2 + 2 * has_tp  # multi, best other, TP x2
+    tuned = {name for name, row in rows.items() if row["acc_ft"] is not None}
+    assert tuned == {"tropnnc-multi", "tropnnc-multi-keep", raw["best"]["0.5"],
+                     *(("torch-pruning", "torch-pruning-folded") if has_tp else ())}
+    assert rows["tropnnc-multi-keep"]["params"] > multi  # BatchNorm's 2 parameters per channel
     assert "| 0.5 | tropnnc-multi |" in proc.stdout
     if importlib.util.find_spec("matplotlib") is not None:
         assert 0 < out_png.stat().st_size < 200_000
