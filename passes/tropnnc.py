@@ -180,7 +180,9 @@ class TropNNC(GraphPass):
     BatchNorm right after a producer (its only reader) is folded into it (§6). With
     ``batchnorm="prefusion"`` (default; §7.5: "consistently led to significantly better
     results") the clusters are found on the pre-fusion weights and the layer is built from the
-    fused ones; ``"fuse"`` clusters the fused weights.
+    fused ones; ``"fuse"`` clusters the fused weights; ``"keep"`` folds nothing: each BatchNorm
+    stays, its parameters and running statistics merged (mean of a cluster) like every other
+    BatchNorm on a group's path (ours; fine-tuning afterwards keeps BatchNorm).
 
     ``include`` / ``exclude`` are globs on the producers' module names (``"features.*"``; a
     group is selected when one of its producers matches); ``ratio`` may be a mapping
@@ -239,8 +241,9 @@ class TropNNC(GraphPass):
                 raise InputError(f"{where}: threshold={self.threshold!r} must be a number >= 0")
             if self.nonuniform not in (None, "v1", "v2"):
                 raise InputError(f"{where}: nonuniform={self.nonuniform!r}; use None, 'v1' or 'v2'")
-        if self.batchnorm not in ("prefusion", "fuse"):
-            raise InputError(f"{where}: batchnorm={self.batchnorm!r}; use 'prefusion' or 'fuse'")
+        if self.batchnorm not in ("prefusion", "fuse", "keep"):
+            raise InputError(f"{where}: batchnorm={self.batchnorm!r}; use 'prefusion' or 'fuse' "
+                             "(folded), or 'keep'")
         if spec.data and (not isinstance(self.calibration, tuple) or not self.calibration):
             raise InputError(f"{where}: method={self.method!r} is data-driven; pass "
                              "calibration=(x,) with a small batch of real inputs")
@@ -286,9 +289,9 @@ class TropNNC(GraphPass):
                 if _hidden(gm, group, dataflow):
                     stats.skip(group.name, group.frozen)
                 continue
-            if self.strict and group.theory is not None:
+            if self.strict and self._outside(group) is not None:
                 stats.skip(group.name, f"outside the paper's conditions (strict=True): "
-                                       f"{group.theory}")
+                                       f"{self._outside(group)}")
                 continue
             plans.append((group, ratio))
         if not plans:
@@ -326,11 +329,12 @@ class TropNNC(GraphPass):
 
     def _problem(self, gm: fx.GraphModule, group: Group) -> tuple[Problem, list, list]:
         """The group's ``Problem``, and its input-side / consumer parts with their row widths."""
-        folded = {p.member.fold for p in group.role("producer")} - {None}
+        folded = set() if self.batchnorm == "keep" else \
+            {p.member.fold for p in group.role("producer")} - {None}
         ins = [p for p in group.parts if p.member.role in ("producer", "depthwise", "batchnorm")
                and p.member.node not in folded]
         outs = group.role("consumer")
-        build = [read_rows(gm, p, fold=True) for p in ins]
+        build = [read_rows(gm, p, fold=bool(folded)) for p in ins]
         clus = build if self.batchnorm == "fuse" or not folded else \
             [read_rows(gm, p, fold=False) for p in ins]
         for rows in (*build, *(clus if clus is not build else ())):
@@ -366,13 +370,14 @@ class TropNNC(GraphPass):
         params = _params(gm, targets)
         row = {"layer": group.name, "producers": group.producers, "consumers": group.consumers,
                "n": n, "K": n, "params": [params, params], "macs": [_macs(group)] * 2,
-               "bound": None, "paper": group.theory is None, "outside": group.theory}
+               "bound": None, "paper": self._outside(group) is None,
+               "outside": self._outside(group)}
         if ratio == 1:
             return row  # the identity: nothing is touched
         method = METHODS[self.method]
-        if method.single_output and group.theory is not None:
+        if method.single_output and row["outside"] is not None:
             raise _Decline(f"{self.method}: Alg. 1 needs the paper's Linear / Conv -> ReLU -> one "
-                           f"output; this group is outside it ({group.theory})")
+                           f"output; this group is outside it ({row['outside']})")
         problem, ins, outs = self._problem(gm, group)
         if method.single_output and problem.C.shape[0] != 1:
             raise _Decline(f"Alg. 1 ({self.method!r}) compresses a layer with a single output; "
@@ -386,7 +391,7 @@ class TropNNC(GraphPass):
             if group.layout is not None and group.layout.note:
                 row["outside"] = f"{row['outside']}; {group.layout.note}"
             rebuild = method.rebuild
-            if method.paper_only and group.theory is not None:
+            if method.paper_only and row["outside"] is not None:
                 rebuild = METHODS["multi"].rebuild  # Alg. 3's rescaling assumes ReLU(A x + b)
                 row["rule"] = "mean_sum"
             result = rebuild(problem, labels)
@@ -402,6 +407,14 @@ class TropNNC(GraphPass):
         row.update(K=K, params=[params, _params(gm, targets)],
                    macs=[macs, None if macs is None else macs * K // n], rewritten=True)
         return row
+
+    def _outside(self, group: Group) -> str | None:
+        """Why the group is outside the paper's conditions (``None``: inside). A BatchNorm kept
+        (``batchnorm="keep"``) puts it outside: the paper folds it (§6)."""
+        if group.theory is None and self.batchnorm == "keep" and \
+                any(p.member.fold is not None for p in group.role("producer")):
+            return "batchnorm='keep': its BatchNorm is merged (mean of raw parameters), not folded"
+        return group.theory
 
     def _k(self, n: int, ratio: float) -> int:
         return min(n, max(self.min_channels, math.floor(ratio * n + 0.5)))
