@@ -73,8 +73,10 @@ def _dense(m: MaxPlus) -> Lowering:  # MinPlus too: min-plus is the max-plus wit
 def _sparse(m: SparseMaxPlus) -> Lowering:
     if _is_identity(m):  # max(x + v, b) per channel: element-wise torch ops, which torch.compile
         # fuses into the producing conv as it does a ReLU (an opaque kernel call would block that)
-        fn = TF.diagonal_maxplus if m._sign > 0 else TF.diagonal_minplus
-        return Lowering(fn, ("value", _bias(m)), kwargs={"dim": m.dim})
+        if m._sign < 0:
+            return Lowering(TF.diagonal_minplus, ("value", _bias(m)), kwargs={"dim": m.dim})
+        inplace = {"inplace": True} if m.inplace else {}  # an in-place ReLU's rewrite stays so
+        return Lowering(TF.diagonal_maxplus, ("value", _bias(m)), kwargs={"dim": m.dim, **inplace})
     fn = K.sparse_maxplus if m._sign > 0 else K.sparse_minplus
     return Lowering(fn, ("index", "value", _bias(m)), kwargs={"dim": m.dim})
 

@@ -368,5 +368,10 @@ def test_an_in_place_relus_rewrite_writes_into_its_input_on_the_value_path(grad)
             (g,) = torch.autograd.grad(y.sum(), conv_out)
             (g_ref,) = torch.autograd.grad(torch.relu(conv_out).sum(), conv_out)
             assert_bitwise(g, g_ref)
+        lowered = tropfx.compile(model, [tp.relu_to_maxplus(), tp.lower_kernels()],
+                                 example_inputs=(x,))
+        calls = [n for n in lowered.graph.nodes if n.target is TF.diagonal_maxplus]
+        assert len(calls) == 1 and calls[0].kwargs.get("inplace", False) is inplace
         with torch.no_grad():
             assert_bitwise(cm(x), model(x))
+            assert_bitwise(lowered(x), model(x))
