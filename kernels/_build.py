@@ -26,6 +26,7 @@ shows the compiler's output.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -225,6 +226,35 @@ def announce(what: str, directory: Path, duration: str) -> None:
           file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """Hold an OS lock on ``directory`` while ``torch.utils.cpp_extension`` builds or loads into it.
+
+    torch's own lock is a file (``lock``) that it deletes when it is done: a build killed on the way
+    (Ctrl-C, a CI timeout) leaves it behind, and every later build or load of the same sources then
+    waits on it forever, silently. This lock (``flock``) is released by the OS when its process
+    dies, so its holder knows that a torch lock file it finds belongs to no live tropfx build: it
+    removes it and says so. Without ``fcntl`` (Windows) torch's lock alone is used.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(directory / "tropfx.flock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process builds here
+        try:
+            stale = directory / "lock"
+            if stale.exists():
+                print(f"tropfx: removing {stale}, left by an interrupted build (no build holds it)",
+                      file=sys.stderr, flush=True)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _build() -> str:
     from torch.utils.cpp_extension import load as jit_load
 
@@ -232,15 +262,16 @@ def _build() -> str:
     directory.mkdir(parents=True, exist_ok=True)
     if not _library(directory).exists():
         announce("the C++ kernels", directory, "1 minute")
-    jit_load(
-        name=NAME,
-        sources=[str(CSRC / s) for s in SOURCES],
-        extra_cflags=_cflags(),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(directory),
-        is_python_module=False,
-        verbose=os.environ.get("TROPFX_VERBOSE_BUILD", "") not in ("", "0"),
-    )
+    with build_lock(directory):
+        jit_load(
+            name=NAME,
+            sources=[str(CSRC / s) for s in SOURCES],
+            extra_cflags=_cflags(),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=os.environ.get("TROPFX_VERBOSE_BUILD", "") not in ("", "0"),
+        )
     return str(directory)
 
 

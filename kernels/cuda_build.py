@@ -144,16 +144,17 @@ def _load(verbose: bool) -> bool:
     if not (build / f"{EXTENSION_NAME}.so").exists():
         _build.announce("the CUDA kernels", build, "3 minutes")
     try:
-        cpp_extension.load(
-            name=EXTENSION_NAME,
-            sources=[str(path) for path in cuda_sources()],
-            extra_include_paths=[str(CUDA_DIR)],
-            extra_cflags=host,
-            extra_cuda_cflags=device,
-            build_directory=str(build),
-            is_python_module=False,  # a plain library: loading it registers the operators
-            verbose=verbose,
-        )
+        with _build.build_lock(build):
+            cpp_extension.load(
+                name=EXTENSION_NAME,
+                sources=[str(path) for path in cuda_sources()],
+                extra_include_paths=[str(CUDA_DIR)],
+                extra_cflags=host,
+                extra_cuda_cflags=device,
+                build_directory=str(build),
+                is_python_module=False,  # a plain library: loading it registers the operators
+                verbose=verbose,
+            )
     # cpp_extension raises OSError without CUDA_HOME / nvcc, RuntimeError when ninja or the
     # compiler fails; loading the library raises OSError (or ImportError).
     except (OSError, ImportError, RuntimeError) as exc:
@@ -192,16 +193,17 @@ def build_emulation(*, verbose: bool = False) -> str:
     sources = _emulation_sources(build / "src")
     if not (build / f"{name}.so").exists():
         _build.announce("the CUDA kernels for the CPU emulator", build, "1 minute")
-    return cpp_extension.load(
-        name=name,
-        sources=[str(path) for path in sources],
-        extra_include_paths=[str(CUDA_DIR / "emulation"), str(build / "src" / "cuda")],
-        extra_cflags=cflags,
-        extra_ldflags=sanitize,
-        build_directory=str(build),
-        is_python_module=False,
-        verbose=verbose,
-    )
+    with _build.build_lock(build):
+        return cpp_extension.load(
+            name=name,
+            sources=[str(path) for path in sources],
+            extra_include_paths=[str(CUDA_DIR / "emulation"), str(build / "src" / "cuda")],
+            extra_cflags=cflags,
+            extra_ldflags=sanitize,
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=verbose,
+        )
 
 
 def _sanitize_flags() -> list[str]:

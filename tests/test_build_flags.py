@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +134,30 @@ def test_first_build_prints_one_line(monkeypatch, tmp_path, capsys):
     assert "minute" in err
     _build._build()  # cached: silent
     assert capsys.readouterr().err == "" and len(built) == 2
+
+
+# --- a build killed on the way ----------------------------------------------------------------------
+
+def test_the_build_lock_removes_a_lock_file_no_live_build_holds(tmp_path, capfd):
+    (tmp_path / "lock").write_text("")  # what torch's FileBaton leaves when its process is killed
+    probe = [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); "
+             "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / "tropfx.flock")]
+    with _build.build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()
+        assert "interrupted build" in capfd.readouterr().err
+        assert subprocess.run(probe, capture_output=True).returncode != 0  # held: others wait
+    assert subprocess.run(probe, capture_output=True).returncode == 0  # released
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_load(library):
+    """Failed before: torch waits forever on the lock file of a build that was killed."""
+    stale = Path(_build.build_info()["path"]) / "lock"
+    stale.write_text("")
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; from tropfx.kernels import _build; "
+                               "sys.exit(0 if _build.load() else 1)"],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        stale.unlink(missing_ok=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "interrupted build" in done.stderr
