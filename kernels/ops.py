@@ -98,11 +98,12 @@ def minplus(x: Tensor, weight: Tensor, bias: Tensor | None = None, *,
 
 
 def sparse_maxplus(x: Tensor, index: Tensor, value: Tensor, bias: Tensor | None = None, *,
-                   dim: int = -1) -> Tensor:
+                   dim: int = -1, inplace: bool = False) -> Tensor:
     """Sparse max-plus product along ``dim``, ``y_o = max(max_j (x_{index[o, j]} + value[o, j]), b_o)``:
-    twin of :func:`tropfx.nn.functional.sparse_maxplus`."""
+    twin of :func:`tropfx.nn.functional.sparse_maxplus` (``inplace`` is accepted for the same
+    signature; the kernel writes a new output)."""
     if not _kernels(x, index, value, bias):
-        return TF.sparse_maxplus(x, index, value, bias, dim=dim)
+        return TF.sparse_maxplus(x, index, value, bias, dim=dim, inplace=inplace)
     return torch.ops.tropfx.sparse_maxplus(x, index, value, bias, dim, False,
                                            _grad_needed(x, value, bias))[0]
 

@@ -375,3 +375,20 @@ def test_an_in_place_relus_rewrite_writes_into_its_input_on_the_value_path(grad)
         with torch.no_grad():
             assert_bitwise(cm(x), model(x))
             assert_bitwise(lowered(x), model(x))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_an_in_place_layer_compiled_as_the_root_model_lowers(k):
+    """Traced as the root, the layer's call names inplace=True; lowering maps it to the kernels'
+    twin, which takes the same keywords (it raised TypeError)."""
+    import tropfx
+    from tropfx import passes as tp
+
+    layer = SparseMaxPlus(4, 4, k=k) if k > 1 else SparseMaxPlus.identity(4)
+    layer.inplace = True
+    x = grid((3, 4), torch.Generator().manual_seed(2), specials=False)
+    with torch.no_grad():
+        ref = layer(x.clone())
+        for passes in ([], [tp.lower_kernels()]):
+            cm = tropfx.compile(layer, passes, example_inputs=(x,))
+            assert_bitwise(cm(x.clone()), ref)

@@ -123,8 +123,8 @@ class SparseMaxPlus(nn.Module):
         check_parameters(self.value, self.bias, self._sign, type(self).__name__)
         if self._sign < 0:
             return TF.sparse_minplus(x, self.index, self.value, self.bias, dim=self.dim)
-        return TF.sparse_maxplus(x, self.index, self.value, self.bias, dim=self.dim,
-                                 inplace=self.inplace)
+        inplace = {"inplace": True} if self.inplace else {}  # (a traced graph names it only then)
+        return TF.sparse_maxplus(x, self.index, self.value, self.bias, dim=self.dim, **inplace)
 
     @classmethod
     def identity(cls, features: int, *, dim: int = -1, bias: bool = True,
