@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
-import types
 import warnings
 from collections.abc import Callable
 
@@ -43,27 +40,16 @@ import tropfx
 from tropfx import kernels as K
 from tropfx import passes as tp
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from zoo import import_zoo, interleaved  # noqa: E402 - the script's own directory
+
 MODELS = ("resnet18", "squeezenet1_1", "densenet121")
 
 
-def _torchvision():
-    """torchvision, or None. On a CPU torch build a CUDA torchvision wheel fails on its meta and
-    autograd registrations; stubbing those two modules is enough for the models (not for its ops)."""
-    try:
-        sys.modules.setdefault("torchvision._meta_registrations",
-                               types.ModuleType("torchvision._meta_registrations"))
-        sys.modules.setdefault("torchvision._autograd_registrations",
-                               types.ModuleType("torchvision._autograd_registrations"))
-        import torchvision
-
-        return torchvision
-    except Exception as exc:  # any import failure: fall back to the in-repo models
-        print(f"torchvision does not import ({type(exc).__name__}: {exc}); in-repo models only")
-        return None
-
-
 def builders() -> dict[str, Callable[[], nn.Module]]:
-    tv = _torchvision()
+    tv, why = import_zoo("torchvision")
+    if why:
+        print(f"{why}: in-repo models only")
     if tv is not None:
         return {name: (lambda name=name: getattr(tv.models, name)(weights=None)) for name in MODELS}
     from tropfx.testing import models as zoo
@@ -80,20 +66,6 @@ def exact(model: nn.Module, x: torch.Tensor, lower: bool, pools: bool = True) ->
         warnings.simplefilter("ignore")
         return tropfx.compile(model, passes + ([tp.lower_kernels()] if lower else []),
                               example_inputs=(x,))
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each variant, calls interleaved, after one warm-up each."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode():
-        for fn in variants.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def check(reference: torch.Tensor, others: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -31,23 +31,16 @@ import tropfx
 from tropfx import passes as tp
 from tropfx.channels import ChannelGraph
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from zoo import import_zoo  # noqa: E402 - the script's own directory
+
 MODELS = ("resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "shufflenet_v2_x0_5",
           "squeezenet1_1", "densenet121", "googlenet")
 
 
 def load_torchvision() -> types.ModuleType | None:
-    # torchvision's wheel registers meta / autograd kernels for its C++ ops at import time, which
-    # fails against a CPU-only torch build without those ops; none of them is used here, so the
-    # two registration modules are replaced by empty ones before the import.
-    sys.modules.setdefault("torchvision._meta_registrations",
-                           types.ModuleType("torchvision._meta_registrations"))
-    sys.modules.setdefault("torchvision._autograd_registrations",
-                           types.ModuleType("torchvision._autograd_registrations"))
-    try:
-        import torchvision
-    except ImportError:
-        return None
-    return torchvision
+    """torchvision, or None (:func:`zoo.import_zoo`)."""
+    return import_zoo("torchvision")[0]
 
 
 def build(torchvision: types.ModuleType, name: str) -> nn.Module:

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -40,22 +41,24 @@ PASSES = (tp.fuse_batchnorm, tp.relu_to_maxplus, tp.maxpool_to_dilation)
 BITWISE = ("relu_to_maxplus", "maxpool_to_dilation")
 
 
+def import_zoo(name: str) -> tuple[types.ModuleType | None, str]:
+    """(torchvision or timm, "") or (None, why it does not import). Benchmarks only: never in tests.
+
+    torchvision wheels built for another torch fail in their C++ op registrations (torchvision::nms
+    meta / autograd kernels); the classification models never call those ops, so stand-in modules
+    let the rest import."""
+    for stub in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+        sys.modules.setdefault(stub, types.ModuleType(stub))
+    try:
+        return __import__(name), ""
+    except Exception as exc:  # any import failure: skip this zoo, say why
+        return None, f"{name} not available ({type(exc).__name__}: {exc}); its models skipped"
+
+
 def load_zoos() -> tuple[types.ModuleType | None, types.ModuleType | None, list[str]]:
     """(torchvision, timm, why not): each None when it does not import."""
-    notes = []
-    # torchvision wheels built for another torch fail in their C++ op registrations
-    # (torchvision::nms meta / autograd kernels); the classification models never call those ops,
-    # so stand-in modules let the rest import. Benchmark only: never in tests.
-    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    zoos = []
-    for name in ("torchvision", "timm"):
-        try:
-            zoos.append(__import__(name))
-        except Exception as exc:  # any import failure: skip this zoo, say why
-            zoos.append(None)
-            notes.append(f"{name} not available ({type(exc).__name__}: {exc}); its models skipped")
-    return zoos[0], zoos[1], notes
+    (tv, tv_note), (timm, timm_note) = import_zoo("torchvision"), import_zoo("timm")
+    return tv, timm, [note for note in (tv_note, timm_note) if note]
 
 
 def build(zoo: str, name: str, tv, timm) -> tuple[nn.Module, torch.Tensor]:
@@ -72,10 +75,12 @@ def build(zoo: str, name: str, tv, timm) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run A, B, A, B, ... after one warm-up each."""
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
+                context: Callable = torch.inference_mode) -> dict[str, float]:
+    """Median seconds of each function, run A, B, A, B, ... after one warm-up each, under
+    ``context()``."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    with torch.no_grad():
+    with context():
         for fn in fns.values():
             fn()
         for _ in range(repeats):
@@ -102,7 +107,8 @@ def run_model(zoo: str, name: str, tv, timm, repeats: int, export: bool) -> dict
     row["not_tropical"] = cm.report["relu_to_maxplus"].info.get("not_tropical", {})
     row["unreported"], row["bitwise_err"] = unreported, bitwise_err
     row["max_rel_err"] = max(r.max_rel_err or 0.0 for r in cm.report.rows[1:])
-    timing = interleaved({"eager": lambda: model(x), "tropfx": lambda: cm(x)}, repeats)
+    timing = interleaved({"eager": lambda: model(x), "tropfx": lambda: cm(x)}, repeats,
+                         torch.no_grad)  # (the export below reuses the layers' cached checks)
     row["eager_ms"], row["tropfx_ms"] = timing["eager"] * 1e3, timing["tropfx"] * 1e3
     row["export"] = "-"
     if export:
