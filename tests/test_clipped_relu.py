@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BITWISE, Fn
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -13,18 +14,6 @@ import tropfx
 from tropfx import passes as tp
 from tropfx.nn import SparseMaxPlus, SparseMinPlus
 from tropfx.testing import assert_pass_preserves
-
-BITWISE = {"rtol": 0.0, "atol": 0.0}
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
 
 CLIPS = {  # spelling: (module, lo, hi)
     "nn.ReLU6": (lambda: nn.Sequential(nn.ReLU6()), 0.0, 6.0),

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BITWISE, Fn
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -14,17 +15,6 @@ from tropfx import passes as tp
 from tropfx.nn.morphology import Dilation1d, Dilation2d
 from tropfx.passes.maxpool_to_dilation import adaptive_window
 from tropfx.testing import assert_pass_preserves
-
-BITWISE = {"rtol": 0.0, "atol": 0.0}
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def special(shape, seed=0):
